@@ -1,0 +1,98 @@
+/**
+ * Types of the platform's host face: what the untrusted hypervisor (host/) can touch.
+ *
+ * The host gets ciphertext views of private pages, plaintext of shared pages, the dirty log, PSP
+ * commands and vCPU run control, and nothing else. The emulation enforces the boundary by
+ * interface, not by hardware: host/ imports only platform/host-face (lint rule), and the
+ * adversarial tests use nothing but these types.
+ */
+import type { Gfn } from './address.js';
+import type { Asid, PspHostFace } from './psp/api.js';
+
+export type ConfidentialMode = 'none' | 'sev' | 'sev-es';
+
+export interface MachineConfig {
+  /** RAM size in bytes, a multiple of 4 KiB. */
+  memoryBytes: number;
+  vcpus: number;
+  mode: ConfidentialMode;
+  /** Memory slot size (default 1 GiB; Node typed arrays stop at 4 GiB). */
+  slotBytes?: number;
+}
+
+/** Dirty pages since the last sync, one bit per page (bit i of word w = page w*32+i). */
+export interface DirtyBitmap {
+  readonly pageCount: number;
+  readonly words: Uint32Array;
+  count(): number;
+}
+
+export interface HostMemory {
+  readonly sizeBytes: number;
+  readonly pageCount: number;
+  /** Private pages come back as ciphertext (address-tweaked), shared pages as plaintext. */
+  readPage(page: Gfn, dst?: Uint8Array): Uint8Array;
+  /** Writes a whole page as the host sees it: plaintext into a shared page, ciphertext into a private one. */
+  writePage(page: Gfn, data: Uint8Array): void;
+  /** Host write of bytes into shared pages only (fw_cfg-style data for the guest). Throws on a private page. */
+  writeShared(page: Gfn, offset: number, data: Uint8Array): void;
+  /** Host read of bytes from a shared page. Throws on a private page. */
+  readShared(page: Gfn, offset: number, len: number): Uint8Array;
+  isShared(page: Gfn): boolean;
+  /** KVM_GET_DIRTY_LOG + clear: returns the pages written since the last call and clears them. */
+  syncDirtyLog(): DirtyBitmap;
+}
+
+export type VcpuRunState = 'created' | 'running' | 'paused' | 'halted' | 'failed';
+
+/** General-purpose registers visible to the host under plain SEV (KVM_GET_REGS). */
+export interface VcpuRegs {
+  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
+  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
+  rip: bigint; rflags: bigint;
+}
+
+export interface VcpuHandle {
+  readonly index: number;
+  readonly state: VcpuRunState;
+  /** Under SEV-ES: throws {@link PlatformError} kind 'vmsa-protected'. */
+  getRegs(): VcpuRegs;
+  /** Under SEV-ES: throws {@link PlatformError} kind 'vmsa-protected'. */
+  setRegs(regs: Partial<VcpuRegs>): void;
+}
+
+export type MachineEvent =
+  | { kind: 'map-gpa-range'; vcpu: number; start: Gfn; pages: number; shared: boolean }
+  | { kind: 'vcpu-halted'; vcpu: number }
+  | { kind: 'vcpu-failed'; vcpu: number; message: string };
+
+export interface HostMachine {
+  readonly asid: Asid;
+  readonly config: Readonly<MachineConfig>;
+  readonly memory: HostMemory;
+  readonly vcpus: readonly VcpuHandle[];
+  /** Starts every vCPU at its reset state (first run) or resumes them. */
+  run(): Promise<void>;
+  /** Asks every vCPU to exit at its next safe point and waits until all are parked. */
+  pause(timeoutMs?: number): Promise<void>;
+  /** Percentage of time vCPUs sleep at safe points (auto-converge). 0..99. */
+  setThrottle(percent: number): void;
+  /** Stops and joins the vCPU threads; memory stays readable until `destroy`. */
+  shutdown(): Promise<void>;
+  destroy(): Promise<void>;
+  on(listener: (e: MachineEvent) => void): () => void;
+}
+
+export interface HostPlatform {
+  readonly psp: PspHostFace;
+  createMachine(config: MachineConfig): HostMachine;
+}
+
+export type PlatformErrorKind = 'vmsa-protected' | 'not-shared' | 'out-of-range' | 'bad-config' | 'vcpu-timeout' | 'vcpu-state';
+
+export class PlatformError extends Error {
+  override readonly name = 'PlatformError';
+  constructor(readonly kind: PlatformErrorKind, message: string) {
+    super(message);
+  }
+}
