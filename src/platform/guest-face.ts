@@ -70,6 +70,13 @@ export interface VcpuContext {
   sleep(ms: number): void;
   /** Monotonic clock in milliseconds. */
   now(): number;
+  /**
+   * fw_cfg-style item provided by the host (e.g. `opt/sevmig/cmdline`). Untrusted input: the
+   * firmware must check it against something measured before relying on it.
+   */
+  fwCfg(name: string): Uint8Array | undefined;
+  /** Serial console: one line of text leaves the guest in the clear (the host sees it, by design). */
+  serialWrite(line: string): void;
 }
 
 /** The shape a firmware entry module must export. */

@@ -59,10 +59,16 @@ export interface VcpuHandle {
   getRegs(): VcpuRegs;
   /** Under SEV-ES: throws {@link PlatformError} kind 'vmsa-protected'. */
   setRegs(regs: Partial<VcpuRegs>): void;
+  /**
+   * Sets the whole reset-state VMSA before the first run (KVM_SET_SREGS/REGS). Plain SEV only:
+   * under SEV-ES the initial VMSA is installed by the PSP (LAUNCH_UPDATE_VMSA) and this throws.
+   */
+  setResetState(vmsa: Uint8Array): void;
 }
 
 export type MachineEvent =
   | { kind: 'map-gpa-range'; vcpu: number; start: Gfn; pages: number; shared: boolean }
+  | { kind: 'serial'; vcpu: number; line: string }
   | { kind: 'vcpu-halted'; vcpu: number }
   | { kind: 'vcpu-failed'; vcpu: number; message: string };
 
@@ -71,6 +77,8 @@ export interface HostMachine {
   readonly config: Readonly<MachineConfig>;
   readonly memory: HostMemory;
   readonly vcpus: readonly VcpuHandle[];
+  /** fw_cfg item for the guest (QEMU's `-fw_cfg name=...`): plaintext the guest can read. */
+  fwCfgSet(name: string, data: Uint8Array): void;
   /** Starts every vCPU at its reset state (first run) or resumes them. */
   run(): Promise<void>;
   /** Asks every vCPU to exit at its next safe point and waits until all are parked. */
