@@ -145,7 +145,7 @@ export class PspFirmware implements PspHostFace {
     const lat = opts.commandLatencyMs ?? 0;
     if (!Number.isFinite(lat) || lat < 0) throw new RangeError(`PspFirmware: commandLatencyMs ${lat} must be >= 0`);
     this.commandLatencyMs = lat;
-    this.keys = opts.keys ?? generatePlatformKeys();
+    this.keys = opts.keys ?? generatePlatformKeys({ apiMajor: this.apiMajor, apiMinor: this.apiMinor });
   }
 
   // ---------------------------------------------------------------- the one engine

@@ -11,7 +11,7 @@ import { verifyPlatformChain, splitPdhCertChain, PlatformChainError } from '../.
 import { buildLaunchSession } from '../../../src/protocol/sev/session.js';
 import { launchMeasurement } from '../../../src/protocol/sev/measurement.js';
 import { sealLaunchSecret } from '../../../src/protocol/sev/secret.js';
-import { CertOffset } from '../../../src/protocol/sev/cert.js';
+import { CertOffset, decodeSevCert } from '../../../src/protocol/sev/cert.js';
 
 // ------------------------------------------------------------------ a fake machine
 
@@ -416,6 +416,16 @@ test('decommission wipes the context and removes the key from an active machine'
   psp.activate(h2, m.asid);
   assert.notDeepEqual(m.vek, m.keyHistory[0]);
   void owner;
+});
+
+test('without given keys, each PSP makes its own identity, stamped with its API version', () => {
+  const a = new PspFirmware({ lookupMachine: () => undefined, apiMajor: 1, apiMinor: 40 });
+  const b = new PspFirmware({ lookupMachine: () => undefined });
+  const chainA = splitPdhCertChain(a.pdhCertExport().certChain);
+  assert.equal(decodeSevCert(chainA.pek).apiMinor, 40);
+  assert.notDeepEqual(a.pdhCertExport().pdh, b.pdhCertExport().pdh);
+  assert.notDeepEqual(a.getId(), b.getId());
+  verifyPlatformChain({ ark: emulatedArkCert(), ask: b.amdCertChain().ask, ...splitPdhCertChain(b.pdhCertExport().certChain), pdh: b.pdhCertExport().pdh });
 });
 
 test('commandLatencyMs sleeps synchronously per command', () => {
