@@ -4,13 +4,13 @@
  */
 import { Command, CommanderError } from 'commander';
 import { registerVersion } from './version.js';
+import { registerOwner } from './owner.js';
+import { registerFirmware } from './firmware.js';
+import { registerHost } from './host.js';
+import { registerDemo } from './demo.js';
+import { CliError } from './errors.js';
 
-export class CliError extends Error {
-  override readonly name = 'CliError';
-  constructor(message: string, readonly exitCode = 1) {
-    super(message);
-  }
-}
+export { CliError } from './errors.js';
 
 export function buildProgram(): Command {
   const program = new Command('sevmig')
@@ -18,6 +18,10 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerVersion(program);
+  registerOwner(program);
+  registerFirmware(program);
+  registerHost(program);
+  registerDemo(program);
   return program;
 }
 

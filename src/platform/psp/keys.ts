@@ -23,11 +23,10 @@ import {
   signAmdCaCert,
   signSevCert,
 } from '../../protocol/sev/cert.js';
+import { emulatedArkCert, emulatedAskCert } from '../../protocol/sev/emulated-roots.js';
 import {
-  EMULATED_ARK_CERT_B64,
   EMULATED_ARK_KEY_ID,
   EMULATED_ARK_PRIVATE_PEM,
-  EMULATED_ASK_CERT_B64,
   EMULATED_ASK_KEY_ID,
   EMULATED_ASK_PRIVATE_PEM,
 } from './emulated-amd-roots.js';
@@ -76,14 +75,8 @@ export function buildEmulatedAmdCaCerts(): { ark: Uint8Array; ask: Uint8Array } 
   return { ark, ask };
 }
 
-/** The committed emulated ARK certificate (AMD CA format) — what a guest owner pins. */
-export function emulatedArkCert(): Uint8Array {
-  return new Uint8Array(Buffer.from(EMULATED_ARK_CERT_B64, 'base64'));
-}
-
-export function emulatedAskCert(): Uint8Array {
-  return new Uint8Array(Buffer.from(EMULATED_ASK_CERT_B64, 'base64'));
-}
+/** The committed emulated ARK/ASK certificates (AMD CA format): what a guest owner pins. */
+export { emulatedArkCert, emulatedAskCert };
 
 function p384(): KeyObject {
   return generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey;
