@@ -88,6 +88,8 @@ export class WorkloadRunner {
       ctx.vmsa.setU64(Reg.r15, RUN_MARKER);
     }
     this.last = ctx.now();
+    // A baseline line at a fresh start (0 pages, 0 ms), so rates can be computed from the first interval.
+    if (!this.resumed) this.stats(0);
   }
 
   get(r: number): number {
