@@ -107,9 +107,12 @@ export class WorkloadRunner {
 
   /** Workload run time on this vCPU in ms, accumulated in r8 across resumes. */
   elapsed(): number {
-    const t = this.ctx.now();
-    const acc = this.get(Reg.r8) + Math.max(0, Math.round(t - this.last));
-    this.last = t;
+    // Whole ms only, carrying the fraction in `last`: safe points come every microsecond or so,
+    // and rounding each tiny delta would lose nearly all of the time.
+    const whole = Math.floor(this.ctx.now() - this.last);
+    if (whole <= 0) return this.get(Reg.r8);
+    this.last += whole;
+    const acc = this.get(Reg.r8) + whole;
     this.set(Reg.r8, acc);
     return acc;
   }

@@ -15,10 +15,16 @@ import type { RunLimit } from './ab.js';
 /** Pages filled per safe point (one cipher call each). */
 export const IDLE_PAGES_PER_CHECKPOINT = 16;
 
+let cachedKey: { seed: number; key: Buffer } | undefined;
+let zeros = Buffer.alloc(0);
+
 function idleKey(seed: number): Buffer {
-  const s = Buffer.alloc(4);
-  s.writeUInt32LE(seed >>> 0);
-  return createHash('sha256').update('sevmig idle').update(s).digest().subarray(0, 16);
+  if (cachedKey?.seed !== seed) {
+    const s = Buffer.alloc(4);
+    s.writeUInt32LE(seed >>> 0);
+    cachedKey = { seed, key: createHash('sha256').update('sevmig idle').update(s).digest().subarray(0, 16) };
+  }
+  return cachedKey.key;
 }
 
 /** Keystream for `pages` pages from absolute page number `gfn`. */
@@ -28,7 +34,8 @@ export function idleData(seed: number, gfn: number, pages: number): Uint8Array {
   iv.writeBigUInt64BE(ctr >> 64n, 0);
   iv.writeBigUInt64BE(ctr & 0xffffffffffffffffn, 8);
   const c = createCipheriv('aes-128-ctr', idleKey(seed), iv);
-  return new Uint8Array(c.update(Buffer.alloc(pages * PAGE_SIZE)));
+  if (zeros.byteLength < pages * PAGE_SIZE) zeros = Buffer.alloc(pages * PAGE_SIZE);
+  return new Uint8Array(c.update(zeros.subarray(0, pages * PAGE_SIZE)));
 }
 
 export interface IdleCheck {
