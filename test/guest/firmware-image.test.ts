@@ -136,3 +136,14 @@ test('bad images are rejected with typed errors', () => {
 test('secret proof is HMAC-SHA256(secret, "sevmig secret proof") (vector from Python hmac)', () => {
   assert.equal(secretProof(new TextEncoder().encode('sevmig-demo-secret-1')), '55e79b4df71ccef216b174a3d0c0738f61e8d48ea347290a11d759fa03e182ca');
 });
+
+test('project build binds the compiled entry module by its SHA-256', async () => {
+  const { buildProjectFirmware, firmwareEntryPath } = await import('../../src/guest/firmware/build.js');
+  const { readFileSync } = await import('node:fs');
+  const img = await buildProjectFirmware();
+  const p = parseFirmwareImage(img);
+  assert.equal(p.resetRecord.entry, 'guest/firmware/main.js');
+  assert.ok(firmwareEntryPath().endsWith('/guest/firmware/main.js'));
+  assert.deepEqual(p.resetRecord.entrySha256, new Uint8Array(createHash('sha256').update(readFileSync(firmwareEntryPath())).digest()));
+  assert.deepEqual(await buildProjectFirmware(), img);
+});
