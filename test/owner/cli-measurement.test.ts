@@ -12,7 +12,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fromHex } from '../../src/protocol/bytes.js';
 import { EXIT_MISMATCH } from '../../src/cli/owner.js';
-import { fixtures, outputFiles, runCli, tempDir } from './helpers.js';
+import { fixtures, outputFiles, runCli, runCliMany, tempDir, type CliResult } from './helpers.js';
 
 const b64 = (hexText: string): string => Buffer.from(fromHex(hexText)).toString('base64');
 const sha256 = (...parts: Uint8Array[]): Uint8Array => {
@@ -63,8 +63,7 @@ test('m2 firmware digest (SHA-256 of the OVMF file)', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'oMDewIouJSpbpNRHj7Mk3p08H2dPZQdsZMU14qIymBnDE/q1EcIWsVBbGy6pkDxA\n');
     // --firmware F is SHA-256(F): same output as --launch-digest of that hash
-    const viaFw = runCli(['owner', 'measurement', 'build', ...common, '--firmware', 'fw.fd'], t.dir);
-    const viaLd = runCli(['owner', 'measurement', 'build', ...common, '--launch-digest', Buffer.from(sha256(sevctlOvmfTail)).toString('base64')], t.dir);
+    const [viaFw, viaLd] = runCliMany([['owner', 'measurement', 'build', ...common, '--firmware', 'fw.fd'], ['owner', 'measurement', 'build', ...common, '--launch-digest', Buffer.from(sha256(sevctlOvmfTail)).toString('base64')]], t.dir) as [CliResult, CliResult];
     assert.equal(viaFw.code, 0, viaFw.stderr);
     assert.equal(viaFw.stdout, viaLd.stdout);
   } finally {
@@ -79,8 +78,7 @@ test('m3 firmware + kernel/initrd/cmdline hash table', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'h3auYbWQnVW7EGLWN4Hf9SN0oEYMPU2sK4bLnefWPwvDE/q1EcIWsVBbGy6pkDxA\n');
     const kernelArgs = ['--kernel', join(fixtures, 'vmlinuz-fake'), '--initrd', join(fixtures, 'initrd-fake'), '--cmdline', 'foo bar baz fake kernel=cmdline'];
-    const viaFw = runCli(['owner', 'measurement', 'build', ...common, '--firmware', 'fw.fd', ...kernelArgs], t.dir);
-    const viaLd = runCli(['owner', 'measurement', 'build', ...common, '--launch-digest', Buffer.from(sha256(sevctlOvmfTail, m3Table)).toString('base64')], t.dir);
+    const [viaFw, viaLd] = runCliMany([['owner', 'measurement', 'build', ...common, '--firmware', 'fw.fd', ...kernelArgs], ['owner', 'measurement', 'build', ...common, '--launch-digest', Buffer.from(sha256(sevctlOvmfTail, m3Table)).toString('base64')]], t.dir) as [CliResult, CliResult];
     assert.equal(viaFw.code, 0, viaFw.stderr);
     assert.equal(viaFw.stdout, viaLd.stdout);
     // kernel flags come together (sevctl's rule)
@@ -114,8 +112,7 @@ test('m4 SEV-ES: 4 vCPUs, nonce from the blob, output equals the blob; verify ac
     const cpu = ['--num-cpus', '4', '--vmsa-cpu0', join(fixtures, 'vmsa0.bin'), '--vmsa-cpu1', join(fixtures, 'vmsa1.bin')];
     const v0 = new Uint8Array(readFileSync(join(fixtures, 'vmsa0.bin')));
     const v1 = new Uint8Array(readFileSync(join(fixtures, 'vmsa1.bin')));
-    const viaFw = runCli(['owner', 'measurement', 'build', ...args, '--firmware', 'fw.fd', ...cpu], t.dir);
-    const viaLd = runCli(['owner', 'measurement', 'build', ...args, '--launch-digest', Buffer.from(sha256(sevctlOvmfTail, v0, v1, v1, v1)).toString('base64')], t.dir);
+    const [viaFw, viaLd] = runCliMany([['owner', 'measurement', 'build', ...args, '--firmware', 'fw.fd', ...cpu], ['owner', 'measurement', 'build', ...args, '--launch-digest', Buffer.from(sha256(sevctlOvmfTail, v0, v1, v1, v1)).toString('base64')]], t.dir) as [CliResult, CliResult];
     assert.equal(viaFw.code, 0, viaFw.stderr);
     assert.equal(viaFw.stdout, viaLd.stdout);
     const noCpu = runCli(['owner', 'measurement', 'build', ...args, '--firmware', 'fw.fd'], t.dir);
@@ -165,8 +162,9 @@ test('measurement: bad inputs (missing file, bad base64, wrong TIK length, bad n
       [['owner', 'measurement', 'build', '--api-major', '256', '--api-minor', '40', '--build-id', '40', '--policy', '3', '--tik', 'tik1.bin', '--nonce', 'wxP6tRHCFrFQWxsuqZA8QA==', ...ld], /--api-major=256: value 256 is larger than 255/],
       [[...base, '--tik', 'tik1.bin', '--nonce', 'wxP6tRHCFrFQWxsuqZA8QA==', ...ld, '--outfile', 'no/dir/out.bin'], /--outfile: directory .* does not exist/],
     ];
-    for (const [args, msg] of cases) {
-      const r = runCli(args, t.dir);
+    const results = runCliMany(cases.map(([a]) => a), t.dir);
+    for (const [i, [args, msg]] of cases.entries()) {
+      const r = results[i] as CliResult;
       assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, msg);
       assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fromHex } from '../../src/protocol/bytes.js';
-import { fixtures, outputFiles, runCli, tempDir } from './helpers.js';
+import { fixtures, outputFiles, runCli, runCliMany, tempDir, type CliResult } from './helpers.js';
 
 const blob = 'TLeA7607lZQntLjRY1/i+sbtdSZ+75zxpz4Px9hzpBLwItF5Q2o4prA++3ZZv9ZS';
 const iv = 'rFR07U3TLH2YnsUj2SVZ7A==';
@@ -87,8 +87,9 @@ test('secret build: bad inputs fail with one line and write nothing', () => {
       [[...base, '--tik', 'tik1.bin', 'h', 'p'], /at least one --secret/],
       [[...base, '--tik', 'tik1.bin', '--secret', s1, 'h', 'nodir/p'], /PAYLOAD_FILE: directory .* does not exist/],
     ];
-    for (const [args, msg] of cases) {
-      const r = runCli(args, t.dir);
+    const results = runCliMany(cases.map(([a]) => a), t.dir);
+    for (const [i, [args, msg]] of cases.entries()) {
+      const r = results[i] as CliResult;
       assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, msg);
       assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);

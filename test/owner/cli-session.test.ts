@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fromHex } from '../../src/protocol/bytes.js';
 import { CertAlgo, CertUsage, certFromEcPublicKey, ecPrivateKeyFromScalar, encodeSevCert, sanityCheckGodh } from '../../src/protocol/sev/cert.js';
 import { openLaunchSession } from '../../src/protocol/sev/session.js';
-import { outputFiles, runCli, tempDir } from './helpers.js';
+import { outputFiles, runCli, runCliMany, tempDir, type CliResult } from './helpers.js';
 
 // FORMATS.md §10.2 platform PDH key
 const pdhPrivate = ecPrivateKeyFromScalar(
@@ -74,8 +74,9 @@ test('owner session: bad inputs give one clear line, exit != 0, and write nothin
       [['owner', 'session', 'pdh.cert', '4294967296'], /POLICY/],
       [['owner', 'session', '--name', 'nodir/x', 'pdh.cert', '1'], /directory .*nodir.* does not exist/],
     ];
-    for (const [args, msg] of cases) {
-      const r = runCli(args, t.dir);
+    const results = runCliMany(cases.map(([a]) => a), t.dir);
+    for (const [i, [args, msg]] of cases.entries()) {
+      const r = results[i] as CliResult;
       assert.notEqual(r.code, 0, args.join(' '));
       assert.match(r.stderr, msg);
       assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
