@@ -16,6 +16,7 @@ import { writeFileSync } from 'node:fs';
 import { b64 } from '../protocol/bytes.js';
 import { describePolicy } from '../protocol/sev/policy.js';
 import { SEV_CERT_SIZE } from '../protocol/sev/cert.js';
+import { SECRET_MAX_LENGTH } from '../protocol/sev/secret.js';
 import { guidToBytes } from '../protocol/guid.js';
 import {
   OwnerError,
@@ -24,8 +25,11 @@ import {
   computeMeasurement,
   createLaunchSession,
   digestFromInputs,
+  verifyMeasurement,
   verifyMeasurementBlob,
+  buildLaunchSecret,
   type SecretEntry,
+  type VerifyResult,
 } from '../owner/attest.js';
 import { KeystoreError, OwnerStore, resolveStorePath } from '../owner/keystore.js';
 import {
@@ -210,8 +214,9 @@ interface MeasurementOpts {
   apiMajor: string;
   apiMinor: string;
   buildId: string;
-  policy: string;
-  tik: string;
+  policy?: string;
+  tik?: string;
+  launch?: string;
   nonce?: string;
   launchMeasureBlob?: string;
   launchDigest?: string;
@@ -228,12 +233,15 @@ interface MeasurementOpts {
 function measurementOptions(c: Command, verify: boolean): Command {
   c.requiredOption('--api-major <n>', 'SEV host API major (int or hex)')
     .requiredOption('--api-minor <n>', 'SEV host API minor (int or hex)')
-    .requiredOption('--build-id <n>', 'SEV host build ID (int or hex)')
-    .requiredOption('--policy <n>', 'SEV guest policy (int or hex)')
-    .requiredOption('--tik <tik>', 'TIK (path or base64)');
+    .requiredOption('--build-id <n>', 'SEV host build ID (int or hex)');
   if (verify) {
-    c.requiredOption('--launch-measure-blob <blob>', 'LAUNCH_MEASURE output to check (path or base64, 48 bytes)');
+    // with --launch, the TIK and policy come from the store and the verdict is recorded there
+    c.option('--policy <n>', 'SEV guest policy (int or hex; not with --launch)')
+      .option('--tik <tik>', 'TIK (path or base64; not with --launch)')
+      .option('--launch <id>', 'a launch in the owner store: use its TIK and policy, record the result')
+      .requiredOption('--launch-measure-blob <blob>', 'LAUNCH_MEASURE output to check (path or base64, 48 bytes)');
   } else {
+    c.requiredOption('--policy <n>', 'SEV guest policy (int or hex)').requiredOption('--tik <tik>', 'TIK (path or base64)');
     c.option('--nonce <nonce>', 'expected nonce (path or base64)').option(
       '--launch-measure-blob <blob>',
       'take the nonce from a LAUNCH_MEASURE output (path or base64)',
@@ -260,12 +268,17 @@ interface MeasurementInputs {
   digest: Uint8Array;
 }
 
-function readMeasurementInputs(o: MeasurementOpts): MeasurementInputs {
-  const policy = parseNumber('--policy', o.policy);
+function readMeasurementInputs(o: MeasurementOpts, fromStore?: { policy: number; tik: Uint8Array }): MeasurementInputs {
+  if (fromStore !== undefined && (o.policy !== undefined || o.tik !== undefined)) {
+    throw new InputError('conflict', '--launch', '--launch takes the TIK and policy from the store; drop --tik and --policy');
+  }
+  if (fromStore === undefined && o.policy === undefined) throw new InputError('missing', '--policy', "required option '--policy <n>' not specified");
+  if (fromStore === undefined && o.tik === undefined) throw new InputError('missing', '--tik', "required option '--tik <tik>' not specified");
+  const policy = fromStore?.policy ?? parseNumber('--policy', o.policy as string);
   const apiMajor = parseNumber('--api-major', o.apiMajor, 0xff);
   const apiMinor = parseNumber('--api-minor', o.apiMinor, 0xff);
   const buildId = parseNumber('--build-id', o.buildId, 0xff);
-  const tik = expectLen('--tik', 'the TIK', readPathOrBase64('--tik', o.tik), 16);
+  const tik = fromStore?.tik ?? expectLen('--tik', 'the TIK', readPathOrBase64('--tik', o.tik as string), 16);
   return { apiMajor, apiMinor, buildId, policy, tik, digest: readDigest(o, policy) };
 }
 
@@ -333,11 +346,28 @@ function registerMeasurement(owner: Command): void {
 
   measurementOptions(m.command('verify'), true)
     .description('recompute the measurement for the blob\'s nonce and compare (exit 2 on mismatch)')
-    .action((o: MeasurementOpts & { launchMeasureBlob: string }) =>
+    .action((o: MeasurementOpts & { launchMeasureBlob: string }, cmd: Command) =>
       run(() => {
         const blob = readBlob(o.launchMeasureBlob);
-        const inp = readMeasurementInputs(o);
-        const r = verifyMeasurementBlob({ ...inp, measureBlob: blob });
+        let r: VerifyResult;
+        if (o.launch !== undefined) {
+          const store = storeFrom(cmd);
+          try {
+            const launch = store.getLaunch(o.launch);
+            const inp = readMeasurementInputs(o, { policy: launch.policy, tik: new Uint8Array(16) });
+            r = verifyMeasurement(store, launch.id, {
+              measureBlob: blob,
+              apiMajor: inp.apiMajor,
+              apiMinor: inp.apiMinor,
+              build: inp.buildId,
+              expectedDigest: inp.digest,
+            });
+          } finally {
+            store.close();
+          }
+        } else {
+          r = verifyMeasurementBlob({ ...readMeasurementInputs(o), measureBlob: blob });
+        }
         if (!r.ok) throw new CliError(`measurement mismatch: ${r.reason}`, EXIT_MISMATCH);
         out(`measurement OK: ${b64(blob.subarray(0, 32))}\n`);
       }),
@@ -354,26 +384,58 @@ function registerSecret(owner: Command): void {
   const s = owner.command('secret').description('LAUNCH_SECRET packets');
   s.command('build')
     .description('build the 52-byte LAUNCH_SECRET header and the encrypted secret table (as sevctl secret build)')
-    .requiredOption('--tik <tik>', 'TIK (path or base64)')
-    .requiredOption('--tek <tek>', 'TEK (path or base64)')
-    .requiredOption('--launch-measure-blob <blob>', 'LAUNCH_MEASURE output (path or base64)')
+    .option('--tik <tik>', 'TIK (path or base64)')
+    .option('--tek <tek>', 'TEK (path or base64)')
+    .option('--launch-measure-blob <blob>', 'LAUNCH_MEASURE output (path or base64)')
+    .option('--launch <id>', 'a verified launch in the owner store: its TEK, TIK and measurement (instead of the three above)')
     .option('--secret <guid:file>', 'a secret to inject, GUID:/path/to/file (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .addOption(new Option('--iv <b64>', 'IV in base64 (default: random; for tests)').hideHelp())
     .option('--area-size <n>', 'refuse a table larger than the guest secret area (bytes)')
     .argument('<header-file>', 'output: the 52-byte packet header (raw)')
     .argument('<payload-file>', 'output: the encrypted secret table (raw)')
-    .action((headerFile: string, payloadFile: string, o: { tik: string; tek: string; launchMeasureBlob: string; secret: string[]; iv?: string; areaSize?: string }) =>
+    .action(
+      (
+        headerFile: string,
+        payloadFile: string,
+        o: { tik?: string; tek?: string; launchMeasureBlob?: string; launch?: string; secret: string[]; iv?: string; areaSize?: string },
+        cmd: Command,
+      ) =>
       run(() => {
-        const tek = expectLen('--tek', 'the TEK', readPathOrBase64('--tek', o.tek), 16);
-        const tik = expectLen('--tik', 'the TIK', readPathOrBase64('--tik', o.tik), 16);
-        const blob = readBlob(o.launchMeasureBlob);
+        const fromStore = o.launch !== undefined;
+        if (fromStore && (o.tik !== undefined || o.tek !== undefined || o.launchMeasureBlob !== undefined)) {
+          throw new InputError('conflict', '--launch', '--launch takes the TEK, TIK and measurement from the store; drop --tek, --tik and --launch-measure-blob');
+        }
+        for (const [flag, v] of [['--tik', o.tik], ['--tek', o.tek], ['--launch-measure-blob', o.launchMeasureBlob]] as const) {
+          if (!fromStore && v === undefined) throw new InputError('missing', flag, `${flag} is required (or --launch ID)`);
+        }
+        const tek = fromStore ? undefined : expectLen('--tek', 'the TEK', readPathOrBase64('--tek', o.tek as string), 16);
+        const tik = fromStore ? undefined : expectLen('--tik', 'the TIK', readPathOrBase64('--tik', o.tik as string), 16);
+        const blob = fromStore ? undefined : readBlob(o.launchMeasureBlob as string);
         if (o.secret.length === 0) throw new InputError('missing', '--secret', 'at least one --secret GUID:FILE is needed');
         const entries = o.secret.map(parseSecretArg);
         const iv = o.iv !== undefined ? expectLen('--iv', 'the IV', parseBase64('--iv', o.iv), 16) : undefined;
         const areaSize = o.areaSize !== undefined ? parseNumber('--area-size', o.areaSize) : undefined;
         checkOutputPath('HEADER_FILE', headerFile);
         checkOutputPath('PAYLOAD_FILE', payloadFile);
-        const p = buildSecretPacket({ tek, tik, measurement: blob.subarray(0, 32), entries, ...(iv ? { iv } : {}), ...(areaSize !== undefined ? { areaSize } : {}) });
+        let p: { header: Uint8Array; payload: Uint8Array };
+        if (o.launch !== undefined) {
+          const store = storeFrom(cmd);
+          try {
+            // the PSP's LAUNCH_SECRET limit when the caller does not name the guest's area
+            p = buildLaunchSecret(store, o.launch, entries, areaSize ?? SECRET_MAX_LENGTH, iv ? { iv } : {});
+          } finally {
+            store.close();
+          }
+        } else {
+          p = buildSecretPacket({
+            tek: tek as Uint8Array,
+            tik: tik as Uint8Array,
+            measurement: (blob as Uint8Array).subarray(0, 32),
+            entries,
+            ...(iv ? { iv } : {}),
+            ...(areaSize !== undefined ? { areaSize } : {}),
+          });
+        }
         writeFileSync(headerFile, p.header);
         out(`Wrote header to: ${headerFile}\n`);
         writeFileSync(payloadFile, p.payload);

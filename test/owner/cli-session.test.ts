@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fromHex } from '../../src/protocol/bytes.js';
 import { CertAlgo, CertUsage, certFromEcPublicKey, ecPrivateKeyFromScalar, encodeSevCert, sanityCheckGodh } from '../../src/protocol/sev/cert.js';
 import { openLaunchSession } from '../../src/protocol/sev/session.js';
+import { encodeMeasureBlob, launchMeasurement } from '../../src/protocol/sev/measurement.js';
 import { outputFiles, runCli, runCliMany, tempDir, type CliResult } from './helpers.js';
 
 // FORMATS.md §10.2 platform PDH key
@@ -98,6 +99,57 @@ test('owner keys show prints the public key and a stable fingerprint, never the 
     assert.equal(a.stdout, b.stdout);
     const other = runCli(['owner', 'keys', 'show'], t.dir, { SEVMIG_OWNER_STORE: join(t.dir, 'other.db') });
     assert.notEqual(other.stdout, a.stdout);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('store-backed flow: session → measurement verify --launch → secret build --launch (only after it verified)', () => {
+  const t = tempDir();
+  try {
+    writeFileSync(join(t.dir, 'pdh.cert'), pdhCert);
+    const [sa, sb, list] = runCliMany(
+      [
+        ['owner', 'session', '--name', 'a', 'pdh.cert', '1'],
+        ['owner', 'session', '--name', 'b', 'pdh.cert', '1'],
+        ['owner', 'launches', 'list', '--json'],
+      ],
+      t.dir,
+    ) as [CliResult, CliResult, CliResult];
+    assert.equal(sa.code + sb.code + list.code, 0, sa.stderr + sb.stderr + list.stderr);
+    const ids = Object.fromEntries(list.stdout.trim().split('\n').map((l) => JSON.parse(l) as { id: string; name: string }).map((l) => [l.name, l.id]));
+    const digest = new Uint8Array(32).fill(7);
+    const blobFor = (name: string): string => {
+      const godhCert = new Uint8Array(Buffer.from(readFileSync(join(t.dir, `${name}_godh.b64`), 'utf8'), 'base64'));
+      const session = new Uint8Array(Buffer.from(readFileSync(join(t.dir, `${name}_session.b64`), 'utf8'), 'base64'));
+      const { tik } = openLaunchSession({ pdhPrivate, godhCert, session, policy: 1 });
+      const mnonce = new Uint8Array(16).fill(5);
+      return Buffer.from(encodeMeasureBlob(launchMeasurement({ tik, apiMajor: 1, apiMinor: 55, build: 3, policy: 1, digest, mnonce }), mnonce)).toString('base64');
+    };
+    const api = ['--api-major', '1', '--api-minor', '55', '--build-id', '3'];
+    const ld = Buffer.from(digest).toString('base64');
+    const wrongLd = Buffer.from(new Uint8Array(32).fill(8)).toString('base64');
+    writeFileSync(join(t.dir, 's.txt'), 'pass\0');
+    const s = `736869e5-84f0-4973-92ec-06879ce3da0b:s.txt`;
+    const [va, xa, vb, xb, after] = runCliMany(
+      [
+        ['owner', 'measurement', 'verify', ...api, '--launch', ids['a'] as string, '--launch-measure-blob', blobFor('a'), '--launch-digest', wrongLd],
+        ['owner', 'secret', 'build', '--launch', ids['a'] as string, '--secret', s, 'a.h', 'a.p'],
+        ['owner', 'measurement', 'verify', ...api, '--launch', ids['b'] as string, '--launch-measure-blob', blobFor('b'), '--launch-digest', ld],
+        ['owner', 'secret', 'build', '--launch', ids['b'] as string, '--area-size', '0xc00', '--secret', s, 'b.h', 'b.p'],
+        ['owner', 'launches', 'list', '--json'],
+      ],
+      t.dir,
+    ) as [CliResult, CliResult, CliResult, CliResult, CliResult];
+    assert.equal(va.code, 2, va.stderr);
+    assert.equal(xa.code, 1);
+    assert.match(xa.stderr, /'rejected': its measurement has not been verified/);
+    assert.ok(!existsSync(join(t.dir, 'a.h')) && !existsSync(join(t.dir, 'a.p')));
+    assert.equal(vb.code, 0, vb.stderr);
+    assert.equal(xb.code, 0, xb.stderr);
+    assert.equal(readFileSync(join(t.dir, 'b.h')).byteLength, 52);
+    const status = Object.fromEntries(after.stdout.trim().split('\n').map((l) => JSON.parse(l) as { name: string; status: string }).map((l) => [l.name, l.status]));
+    assert.deepEqual(status, { a: 'rejected', b: 'secret-injected' });
   } finally {
     t.cleanup();
   }
