@@ -1,9 +1,15 @@
 import type { Command } from 'commander';
-import { readFileSync } from 'node:fs';
+import { readFileSync, existsSync } from 'node:fs';
 
+/** The package's version, from the nearest package.json above this compiled file. */
 export function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  let dir = new URL('.', import.meta.url);
+  for (let i = 0; i < 6; i++) {
+    const p = new URL('package.json', dir);
+    if (existsSync(p)) return (JSON.parse(readFileSync(p, 'utf8')) as { version: string }).version;
+    dir = new URL('..', dir);
+  }
+  return 'unknown';
 }
 
 export function registerVersion(program: Command): void {

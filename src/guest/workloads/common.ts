@@ -18,7 +18,10 @@
  *   rax  pages written in phase 1 (pattern rate control)
  *
  * Ordering rule that makes resume exact: a page is written first, then the registers that
- * describe it, then `checkpoint()` is called; the vCPU can only stop inside `checkpoint()`.
+ * describe it, then `checkpoint()` is called; the vCPU can only stop inside `checkpoint()` (or a
+ * `sleep()`). The runner caches registers as plain numbers and writes the changed ones to the
+ * VMSA right before every such point ({@link WorkloadRunner.sync}): the VMSA is exact wherever
+ * the vCPU can stop, and the hot loop does no BigInt work per page.
  */
 import { PAGE_SIZE, gpa, type Gpa } from '../../platform/address.js';
 import type { GuestMemory, VcpuContext } from '../../platform/guest-face.js';
@@ -92,11 +95,30 @@ export class WorkloadRunner {
     if (!this.resumed) this.stats(0);
   }
 
+  private readonly cache = new Map<number, number>();
+  private readonly dirty = new Set<number>();
+
   get(r: number): number {
-    return Number(this.ctx.vmsa.getU64(r));
+    let v = this.cache.get(r);
+    if (v === undefined) {
+      v = Number(this.ctx.vmsa.getU64(r));
+      this.cache.set(r, v);
+    }
+    return v;
   }
   set(r: number, v: number): void {
-    this.ctx.vmsa.setU64(r, BigInt(v));
+    this.cache.set(r, v);
+    this.dirty.add(r);
+  }
+  /** Writes the changed registers to the VMSA. Call before anything that may park the vCPU. */
+  sync(): void {
+    for (const r of this.dirty) this.ctx.vmsa.setU64(r, BigInt(this.cache.get(r) ?? 0));
+    this.dirty.clear();
+  }
+  /** `ctx.sleep` with the registers synced first (a pause can park the vCPU inside it). */
+  sleep(ms: number): void {
+    this.sync();
+    this.ctx.sleep(ms);
   }
   get phase(): number {
     return Number((this.ctx.vmsa.getU64(Reg.r14) >> 8n) & 0xffn);
@@ -126,6 +148,7 @@ export class WorkloadRunner {
   safePoint(): void {
     const el = this.elapsed();
     if (el - this.get(Reg.rbx) >= STATS_INTERVAL_MS || el < this.get(Reg.rbx)) this.stats(el);
+    this.sync();
     this.ctx.checkpoint();
   }
 
@@ -157,5 +180,6 @@ export class WorkloadRunner {
    */
   finish(): void {
     this.stats();
+    this.sync();
   }
 }

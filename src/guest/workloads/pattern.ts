@@ -165,7 +165,7 @@ export function runPattern(ctx: VcpuContext, range: WorkloadRange, index: number
       const el = run.elapsed() - run.get(Reg.rbp);
       const ahead = run.get(Reg.rax) + 1 - (el * perVcpuRate) / 1000;
       if (ahead > 0) {
-        ctx.sleep(Math.min(MAX_SLEEP_MS, Math.max(1, (ahead * 1000) / perVcpuRate)));
+        run.sleep(Math.min(MAX_SLEEP_MS, Math.max(1, (ahead * 1000) / perVcpuRate)));
         run.safePoint();
         continue;
       }

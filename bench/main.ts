@@ -1,0 +1,46 @@
+/**
+ * `npm run bench`: the project's benchmarks, side by side in one run, results as JSON
+ * (bench-results/latest.json and a timestamped copy) plus a readable table.
+ *
+ *   node dist/bench/main.js [--memory 2G] [--run-ms 2500] [--out DIR] [--only NAME,...]
+ *
+ * Scenarios (the foundation's):
+ *   boot        boot-to-running of a confidential guest in its own host process, attested by the owner
+ *   dirty-rate  pages/s the `ab` and `pattern` workloads dirty on 1 and 2 vCPUs (from the guest's stats)
+ *   dirty-sync  host cost of one dirty-log sync per GiB, clean and fully dirty
+ */
+import { parseArgs } from 'node:util';
+import { parseSize } from '../src/platform/address.js';
+import { newRun, formatTable, saveRun, type Row } from './report.js';
+import { benchBoot, benchDirtyRates } from './guest-scenarios.js';
+import { benchDirtySync } from './dirty-sync.js';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      memory: { type: 'string', default: '2G' },
+      'run-ms': { type: 'string', default: '2500' },
+      out: { type: 'string', default: 'bench-results' },
+      only: { type: 'string' },
+    },
+  });
+  const memoryBytes = parseSize(values.memory!);
+  const runMs = Number(values['run-ms']);
+  const only = values.only ? new Set(values.only.split(',')) : null;
+  const want = (n: string) => only === null || only.has(n);
+  const run = newRun({ memoryBytes, runMs });
+  const progress = (s: string) => process.stderr.write(`bench: ${s}\n`);
+  const add = (rows: Row[]) => run.rows.push(...rows);
+
+  if (want('boot')) add(await benchBoot({ memoryBytes, progress }));
+  if (want('dirty-rate')) add(await benchDirtyRates({ memoryBytes, runMs, progress }));
+  if (want('dirty-sync')) add(benchDirtySync({ memoryBytes, progress }));
+
+  const file = saveRun(run, values.out!);
+  process.stdout.write(`${formatTable(run.rows)}\n\nresults: ${file}\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench failed: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
+});
