@@ -219,31 +219,41 @@ export class QmpClient {
     });
   }
 
-  /** Events as an async iterator (ends when the connection closes). */
-  async *events(): AsyncGenerator<QmpEvent> {
+  /**
+   * Events as an async iterator, subscribed from the moment of this call (not from the first
+   * `next()`); it ends when the connection closes or the caller breaks out of the loop.
+   */
+  events(): AsyncIterableIterator<QmpEvent> {
     const buf: QmpEvent[] = [];
     let wake: (() => void) | undefined;
+    let done = false;
     const offEvent = this.on('event', (e) => {
       buf.push(e);
       wake?.();
     });
     const onClosed = (): void => wake?.();
     this.emitter.on('closed', onClosed);
-    try {
-      for (;;) {
-        const e = buf.shift();
-        if (e) {
-          yield e;
-          continue;
-        }
-        if (this.closedErr) return;
-        await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-      }
-    } finally {
+    const finish = (): IteratorResult<QmpEvent> => {
+      done = true;
       offEvent();
       this.emitter.off('closed', onClosed);
-    }
+      return { done: true, value: undefined };
+    };
+    const it: AsyncIterableIterator<QmpEvent> = {
+      next: async () => {
+        for (;;) {
+          if (done) return { done: true, value: undefined };
+          const e = buf.shift();
+          if (e) return { done: false, value: e };
+          if (this.closedErr) return finish();
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+      },
+      return: async () => finish(),
+      [Symbol.asyncIterator]: () => it,
+    };
+    return it;
   }
 
   get closed(): boolean {
