@@ -280,8 +280,15 @@ class Server {
   }
 
   broadcast(e: QmpBackendEvent): void {
-    const data = 'data' in e && e.data !== undefined ? (toJson(e.data) as JsonObject) : undefined;
-    const line = encodeEvent(e.event, data, qmpTimestamp(this.clock()));
+    let line: string;
+    try {
+      const data = 'data' in e && e.data !== undefined ? (toJson(e.data) as JsonObject) : undefined;
+      line = encodeEvent(e.event, data, qmpTimestamp(this.clock()));
+    } catch (err) {
+      // A malformed event must not throw back into the VMM that raised it.
+      this.log(`dropping event ${String(e.event).slice(0, 64)}: ${err instanceof Error ? err.message : String(err)}`);
+      return;
+    }
     for (const c of this.clients) if (c.negotiated) c.send(line);
   }
 }
