@@ -9,11 +9,7 @@ import { secretProof } from '../../src/protocol/firmware-image.js';
 import { startRig, launch, waitFor, consoleLines } from '../e2e/harness.js';
 
 function contains(hay: Uint8Array, needle: Uint8Array): boolean {
-  outer: for (let i = 0; i + needle.byteLength <= hay.byteLength; i++) {
-    for (let j = 0; j < needle.byteLength; j++) if (hay[i + j] !== needle[j]) continue outer;
-    return true;
-  }
-  return false;
+  return Buffer.from(hay.buffer, hay.byteOffset, hay.byteLength).indexOf(needle) >= 0;
 }
 
 function scan(mem: HostMemory, needles: Uint8Array[]): { found: string[]; shared: number; distinct: number; pages: number } {

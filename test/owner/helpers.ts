@@ -2,10 +2,11 @@
  * Test helpers: run the CLI in a child process (so its stdout/exit code are real, and the test
  * runner's own stdout is untouched) from the compiled tree this test belongs to.
  */
+import { VECTORS_DIR } from '../protocol/sev/vectors.js';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const mainJs = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -81,15 +82,5 @@ export function outputFiles(dir: string): string[] {
     .sort();
 }
 
-/** shared/vectors/sev/fixtures, found by walking up from this file (dist/ or .build/NAME/). */
-export const fixtures: string = (() => {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    for (const cand of [join(dir, 'shared/vectors/sev/fixtures'), join(dir, 'vectors/sev/fixtures')]) {
-      if (existsSync(join(cand, 'vmsa0.bin'))) return cand;
-    }
-    const up = dirname(dir);
-    if (up === dir) throw new Error('shared/vectors/sev/fixtures not found above the test file');
-    dir = up;
-  }
-})();
+/** The project's copy of the SEV fixtures (test/vectors/sev, provenance in test/vectors/README.md). */
+export const fixtures: string = join(VECTORS_DIR, 'sev');
