@@ -27,6 +27,7 @@ import {
   digestFromInputs,
   verifyMeasurement,
   verifyMeasurementBlob,
+  type MeasurementParams,
   buildLaunchSecret,
   type SecretEntry,
   type VerifyResult,
@@ -42,7 +43,7 @@ import {
   readPathOrBase64,
 } from '../owner/inputs.js';
 import { createHash } from 'node:crypto';
-import { CliError } from './main.js';
+import { CliError } from './errors.js';
 
 /** Exit code of `measurement verify` when the measurement does not match (1 = bad usage/input). */
 export const EXIT_MISMATCH = 2;
@@ -259,14 +260,7 @@ function measurementOptions(c: Command, verify: boolean): Command {
   return c;
 }
 
-interface MeasurementInputs {
-  apiMajor: number;
-  apiMinor: number;
-  buildId: number;
-  policy: number;
-  tik: Uint8Array;
-  digest: Uint8Array;
-}
+type MeasurementInputs = MeasurementParams;
 
 function readMeasurementInputs(o: MeasurementOpts, fromStore?: { policy: number; tik: Uint8Array }): MeasurementInputs {
   if (fromStore !== undefined && (o.policy !== undefined || o.tik !== undefined)) {
