@@ -24,6 +24,13 @@ export interface GuestMemory {
    * not be used for writes.
    */
   pageView(at: Gpa, len: number): Uint8Array;
+  /**
+   * Zero-copy views of a page-aligned range inside one memory slot, for buffers the guest shares
+   * with the host (mailbox rings, record buffers): bytes, and 32-bit words for Atomics. Writes
+   * through them bypass the dirty log; use them only for shared pages, which are not migrated as
+   * guest state.
+   */
+  regionView(at: Gpa, len: number): { bytes: Uint8Array; words: Int32Array };
   write(at: Gpa, data: Uint8Array): void;
   fill(at: Gpa, len: number, value: number): void;
   readU8(at: Gpa): number;

@@ -39,6 +39,13 @@ export interface HostMemory {
   /** Host read of bytes from a shared page. Throws on a private page. */
   readShared(page: Gfn, offset: number, len: number): Uint8Array;
   isShared(page: Gfn): boolean;
+  /**
+   * Zero-copy views of `pages` shared pages from `first` (inside one memory slot): bytes, and
+   * 32-bit words for Atomics — how the host maps the guest's mailbox and record buffers. Throws
+   * 'not-shared' if any page is private. The guest must not make those pages private again while
+   * the host uses the view (sevmig's firmware never does); the emulation does not revoke it.
+   */
+  sharedView(first: Gfn, pages: number): { bytes: Uint8Array; words: Int32Array };
   /** KVM_GET_DIRTY_LOG + clear: returns the pages written since the last call and clears them. */
   syncDirtyLog(): DirtyBitmap;
 }

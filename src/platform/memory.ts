@@ -98,6 +98,18 @@ class MemoryCore {
     }
   }
 
+  /** Zero-copy views of a page-aligned range that lies inside one slot. */
+  protected view(at: number, len: number): { bytes: Uint8Array; words: Int32Array } {
+    this.check(at, len);
+    if (at % PAGE_SIZE !== 0 || len % PAGE_SIZE !== 0 || len === 0) {
+      throw new PlatformError('out-of-range', `region [0x${at.toString(16)}, +${len}) is not whole pages`);
+    }
+    const off = at % this.slotBytes;
+    const slot = this.slotOf(at);
+    if (off + len > slot.byteLength) throw new PlatformError('out-of-range', `region [0x${at.toString(16)}, +${len}) crosses a memory slot`);
+    return { bytes: new Uint8Array(slot.buffer, off, len), words: new Int32Array(slot.buffer, off, len / 4) };
+  }
+
   /** Calls fn(slotBytes, offsetInSlot, len, doneSoFar) for each slot piece of [at, at+len). */
   protected pieces(at: number, len: number, fn: (slot: Uint8Array, off: number, n: number, done: number) => void): void {
     let done = 0;
@@ -130,6 +142,10 @@ export class GuestMemoryView extends MemoryCore implements GuestMemory {
     if ((at % PAGE_SIZE) + len > PAGE_SIZE) throw new PlatformError('out-of-range', `pageView [0x${at.toString(16)}, +${len}) crosses a page`);
     const off = at % this.slotBytes;
     return this.slotOf(at).subarray(off, off + len);
+  }
+
+  regionView(at: Gpa, len: number): { bytes: Uint8Array; words: Int32Array } {
+    return this.view(at, len);
   }
 
   write(at: Gpa, data: Uint8Array): void {
@@ -286,6 +302,14 @@ export class HostMemoryView extends MemoryCore implements HostMemory {
       d.final();
     }
     this.markDirty(page, page);
+  }
+
+  sharedView(first: Gfn, pages: number): { bytes: Uint8Array; words: Int32Array } {
+    for (let p = first; p < first + pages; p++) {
+      this.checkPage(p);
+      if (!this.isShared(p as Gfn)) throw new PlatformError('not-shared', `page 0x${p.toString(16)} is private`);
+    }
+    return this.view(first * PAGE_SIZE, pages * PAGE_SIZE);
   }
 
   writeShared(page: Gfn, offset: number, data: Uint8Array): void {

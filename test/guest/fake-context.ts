@@ -42,6 +42,11 @@ export class FakeMemory implements GuestMemory {
     if (len > 0 && Math.floor(at / PAGE_SIZE) !== Math.floor((at + len - 1) / PAGE_SIZE)) throw new RangeError('pageView crosses a page');
     return this.bytes.subarray(at, at + len);
   }
+  regionView(at: Gpa, len: number): { bytes: Uint8Array; words: Int32Array } {
+    this.check(at, len);
+    if (at % PAGE_SIZE !== 0 || len % PAGE_SIZE !== 0) throw new RangeError('regionView needs whole pages');
+    return { bytes: this.bytes.subarray(at, at + len), words: new Int32Array(this.bytes.buffer, at, len / 4) };
+  }
   write(at: Gpa, data: Uint8Array): void {
     this.check(at, data.byteLength);
     this.bytes.set(data, at);

@@ -118,3 +118,18 @@ test('dirty log stays exact while two vCPU threads write concurrently', async ()
   for (let p = 0; p < pages; p++) assert.equal(seen[p], 1, `page ${p} written but never reported dirty`);
   await Promise.all(workers.map((w) => w.terminate()));
 });
+
+test('shared views: zero-copy on both faces, refused for private pages and across slots', () => {
+  const { guest, host } = machine(8 * MiB, 4 * MiB);
+  assert.throws(() => host.sharedView(gfn(16), 2), (e: unknown) => e instanceof PlatformError && e.kind === 'not-shared');
+  guest.setShared(gfn(16), 2, true);
+  const h = host.sharedView(gfn(16), 2);
+  const g = guest.regionView(gpa(16 * PAGE_SIZE), 2 * PAGE_SIZE);
+  g.bytes[5000] = 42;
+  assert.equal(h.bytes[5000], 42, 'the same memory, no copy');
+  Atomics.store(h.words, 3, 7);
+  assert.equal(Atomics.load(g.words, 3), 7);
+  guest.setShared(gfn(1023), 2, true);
+  assert.throws(() => host.sharedView(gfn(1023), 2), (e: unknown) => e instanceof PlatformError && e.kind === 'out-of-range');
+  assert.throws(() => guest.regionView(gpa(100), PAGE_SIZE), PlatformError);
+});
