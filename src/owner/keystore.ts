@@ -10,13 +10,17 @@
  * - Secrets leave this module only through the methods whose names say so (`launchKeys`,
  *   `ownerSigningKey`, `instanceKeys`); listings and summaries carry no secret.
  *
- * Tables (schema version 1):
+ * Tables (schema version 2):
  *
  * | table | columns |
  * |---|---|
  * | owner_keys | id (=1), created_at, algo ('ed25519'), public_spki (DER), private_pkcs8 (DER) |
  * | launches | id (uuid), created_at, name, policy, pdh_sha256, godh_cert, session, tek, tik, session_nonce, expected_digest, api_major, api_minor, build_id, measure_blob, nonce (the PSP's mnonce), status, reason, updated_at |
  * | instances | id (uuid), created_at, launch_id → launches, mh_public, mh_private, peer_public, state, parent_instance → instances |
+ * | migrations | id (migration id, 32 hex), created_at, updated_at, source_instance → instances, target_instance → instances (unique), features, not_before, not_after (unix ms), ticket (172 B), state |
+ *
+ * Version 2 (issue 3) adds instance state `pending` (a migration target provisioned but not yet
+ * committed) and the `migrations` table, with at most one `authorized` migration per source.
  */
 import Database from 'better-sqlite3';
 import { createHash, generateKeyPairSync, createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
@@ -44,7 +48,8 @@ export class KeystoreError extends Error {
 
 export const LAUNCH_STATUSES = ['created', 'measured', 'verified', 'rejected', 'secret-injected'] as const;
 export type LaunchStatus = (typeof LAUNCH_STATUSES)[number];
-export const INSTANCE_STATES = ['active', 'migrated-away', 'destroyed'] as const;
+/** `pending` = provisioned as a migration target, not yet committed (schema 2). */
+export const INSTANCE_STATES = ['pending', 'active', 'migrated-away', 'destroyed'] as const;
 export type InstanceState = (typeof INSTANCE_STATES)[number];
 
 /** A launch without its secrets: safe to print. */
@@ -98,6 +103,34 @@ export interface InstanceSummary {
   parentInstance: string | null;
 }
 
+export const MIGRATION_STATES = ['authorized', 'completed', 'aborted'] as const;
+export type MigrationState = (typeof MIGRATION_STATES)[number];
+
+/** A migration the owner authorized. Nothing in it is secret (the ticket is public by design). */
+export interface MigrationRecord {
+  /** The ticket's 16-byte migration id, as 32 lowercase hex digits. */
+  id: string;
+  createdAt: string;
+  updatedAt: string;
+  sourceInstance: string;
+  targetInstance: string;
+  features: number;
+  notBefore: number;
+  notAfter: number;
+  ticket: Uint8Array;
+  state: MigrationState;
+}
+
+export interface NewMigration {
+  id: string;
+  sourceInstance: string;
+  targetInstance: string;
+  features: number;
+  notBefore: number;
+  notAfter: number;
+  ticket: Uint8Array;
+}
+
 export interface OwnerPublicKey {
   /** SubjectPublicKeyInfo DER of the owner's Ed25519 key. */
   spki: Uint8Array;
@@ -148,6 +181,39 @@ const MIGRATIONS: readonly string[] = [
      state TEXT NOT NULL CHECK (state IN ('active','migrated-away','destroyed')),
      parent_instance TEXT REFERENCES instances(id)
    );`,
+  // 1 → 2: instance state 'pending' needs a new CHECK, which SQLite can only get by rebuilding the
+  // table (sqlite.org/lang_altertable.html#otheralter; migrate() runs this with foreign keys off
+  // and runs foreign_key_check before committing).
+  `CREATE TABLE instances_v2 (
+     id TEXT PRIMARY KEY,
+     created_at TEXT NOT NULL,
+     launch_id TEXT NOT NULL REFERENCES launches(id),
+     mh_public BLOB NOT NULL,
+     mh_private BLOB NOT NULL,
+     peer_public BLOB,
+     state TEXT NOT NULL CHECK (state IN ('pending','active','migrated-away','destroyed')),
+     parent_instance TEXT REFERENCES instances(id)
+   );
+   INSERT INTO instances_v2 (id, created_at, launch_id, mh_public, mh_private, peer_public, state, parent_instance)
+     SELECT id, created_at, launch_id, mh_public, mh_private, peer_public, state, parent_instance FROM instances;
+   DROP TABLE instances;
+   ALTER TABLE instances_v2 RENAME TO instances;
+   CREATE INDEX instances_launch ON instances(launch_id);
+   CREATE INDEX instances_parent ON instances(parent_instance);
+   CREATE TABLE migrations (
+     id TEXT PRIMARY KEY CHECK (length(id) = 32),
+     created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL,
+     source_instance TEXT NOT NULL REFERENCES instances(id),
+     target_instance TEXT NOT NULL UNIQUE REFERENCES instances(id),
+     features INTEGER NOT NULL CHECK (features BETWEEN 0 AND 4294967295),
+     not_before INTEGER NOT NULL,
+     not_after INTEGER NOT NULL,
+     ticket BLOB NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('authorized','completed','aborted'))
+   );
+   -- one open authorization per source: a second one would let a hostile host pick between targets
+   CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state = 'authorized';`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -204,6 +270,50 @@ function toState(s: string): InstanceState {
   if (found === undefined) throw new KeystoreError('schema-invalid', `instance state '${s}' is unknown`);
   return found;
 }
+
+interface MigrationRow {
+  id: string;
+  created_at: string;
+  updated_at: string;
+  source_instance: string;
+  target_instance: string;
+  features: number;
+  not_before: number;
+  not_after: number;
+  ticket: Buffer;
+  state: string;
+}
+
+function migrationFromRow(r: MigrationRow): MigrationRecord {
+  const state = MIGRATION_STATES.find((x) => x === r.state);
+  if (state === undefined) throw new KeystoreError('schema-invalid', `migration state '${r.state}' is unknown`);
+  return {
+    id: r.id,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    sourceInstance: r.source_instance,
+    targetInstance: r.target_instance,
+    features: r.features,
+    notBefore: r.not_before,
+    notAfter: r.not_after,
+    ticket: bytes(r.ticket) as Uint8Array,
+    state,
+  };
+}
+
+function instanceFromRow(row: InstanceRow): InstanceSummary {
+  return {
+    id: row.id,
+    createdAt: row.created_at,
+    launchId: row.launch_id,
+    mhPublic: bytes(row.mh_public) as Uint8Array,
+    peerPublic: bytes(row.peer_public),
+    state: toState(row.state),
+    parentInstance: row.parent_instance,
+  };
+}
+
+const INSTANCE_COLUMNS = 'id, created_at, launch_id, mh_public, peer_public, state, parent_instance';
 
 function launchFromRow(r: LaunchRow): LaunchSummary {
   return {
@@ -418,9 +528,13 @@ export class OwnerStore {
 
   /**
    * Creates a VM instance for a launch with a fresh X25519 MH identity. `peerPublic` is the MH it
-   * may receive from (null on a fresh boot); `parentInstance` is the source of a migration.
+   * may receive from (null on a fresh boot); `parentInstance` is the source of a migration;
+   * `state` is `pending` for a migration target that has not committed yet (default `active`).
    */
-  createInstance(launchId: string, opts: { peerPublic?: Uint8Array | null; parentInstance?: string | null } = {}): InstanceSummary {
+  createInstance(
+    launchId: string,
+    opts: { peerPublic?: Uint8Array | null; parentInstance?: string | null; state?: 'active' | 'pending' } = {},
+  ): InstanceSummary {
     this.getLaunch(launchId);
     if (opts.peerPublic != null && opts.peerPublic.byteLength !== 32) {
       throw new KeystoreError('bad-input', `peer public key must be 32 bytes (got ${opts.peerPublic.byteLength})`);
@@ -434,28 +548,31 @@ export class OwnerStore {
       this.db
         .prepare(
           `INSERT INTO instances (id, created_at, launch_id, mh_public, mh_private, peer_public, state, parent_instance)
-           VALUES (?, ?, ?, ?, ?, ?, 'active', ?)`,
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
         )
-        .run(id, now(), launchId, pub, priv, opts.peerPublic != null ? buf(opts.peerPublic) : null, opts.parentInstance ?? null);
+        .run(id, now(), launchId, pub, priv, opts.peerPublic != null ? buf(opts.peerPublic) : null, opts.state ?? 'active', opts.parentInstance ?? null);
     })();
     priv.fill(0);
     return this.getInstance(id);
   }
 
   getInstance(id: string): InstanceSummary {
-    const row = this.db
-      .prepare('SELECT id, created_at, launch_id, mh_public, peer_public, state, parent_instance FROM instances WHERE id = ?')
-      .get(id) as InstanceRow | undefined;
+    const row = this.db.prepare(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = ?`).get(id) as InstanceRow | undefined;
     if (row === undefined) throw new KeystoreError('not-found', `no instance '${id}' in the owner store`);
-    return {
-      id: row.id,
-      createdAt: row.created_at,
-      launchId: row.launch_id,
-      mhPublic: bytes(row.mh_public) as Uint8Array,
-      peerPublic: bytes(row.peer_public),
-      state: toState(row.state),
-      parentInstance: row.parent_instance,
-    };
+    return instanceFromRow(row);
+  }
+
+  listInstances(): InstanceSummary[] {
+    const rows = this.db.prepare(`SELECT ${INSTANCE_COLUMNS} FROM instances ORDER BY created_at, rowid`).all() as InstanceRow[];
+    return rows.map(instanceFromRow);
+  }
+
+  /** The instances created for one launch (normally one). */
+  instancesOfLaunch(launchId: string): InstanceSummary[] {
+    const rows = this.db
+      .prepare(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE launch_id = ? ORDER BY created_at, rowid`)
+      .all(launchId) as InstanceRow[];
+    return rows.map(instanceFromRow);
   }
 
   /** The instance's raw 32-byte X25519 private key. Secret: never print. */
@@ -468,14 +585,88 @@ export class OwnerStore {
   }
 
   /** active → migrated-away | destroyed; the private key is erased when the instance leaves `active`. */
-  setInstanceState(id: string, state: Exclude<InstanceState, 'active'>): void {
-    this.db
-      .transaction(() => {
-        const cur = this.getInstance(id);
-        if (cur.state !== 'active') throw new KeystoreError('bad-state', `instance '${id}' is '${cur.state}', not active`);
-        this.db.prepare('UPDATE instances SET state = ?, mh_private = zeroblob(32) WHERE id = ?').run(state, id);
-      })
-      .immediate();
+  setInstanceState(id: string, state: 'migrated-away' | 'destroyed'): void {
+    this.db.transaction(() => this.moveInstance(id, ['active'], state)).immediate();
+  }
+
+  /** One state step; leaving pending/active for a final state erases the private key. */
+  private moveInstance(id: string, from: readonly InstanceState[], to: InstanceState): void {
+    const cur = this.getInstance(id);
+    if (!from.includes(cur.state)) {
+      throw new KeystoreError('bad-state', `instance '${id}' is '${cur.state}', not ${from.join(' or ')}`);
+    }
+    if (to === 'migrated-away' || to === 'destroyed') {
+      this.db.prepare('UPDATE instances SET state = ?, mh_private = zeroblob(32) WHERE id = ?').run(to, id);
+    } else {
+      this.db.prepare('UPDATE instances SET state = ? WHERE id = ?').run(to, id);
+    }
+  }
+
+  // ---- migrations -----------------------------------------------------------------------------
+
+  /**
+   * Runs `fn` in one IMMEDIATE transaction (nested store calls become savepoints), so a check and
+   * the writes it allows cannot interleave with another process's.
+   */
+  atomically<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  /** Records an authorized migration. The schema refuses a second open one for the same source. */
+  recordMigration(m: NewMigration): MigrationRecord {
+    if (!/^[0-9a-f]{32}$/.test(m.id)) throw new KeystoreError('bad-input', `migration id '${m.id}' is not 32 lowercase hex digits`);
+    const t = now();
+    this.atomically(() => {
+      const open = this.openMigrationOf(m.sourceInstance);
+      if (open !== null) {
+        throw new KeystoreError('bad-state', `instance '${m.sourceInstance}' already has an open migration ${open.id}; complete or abort it first`);
+      }
+      this.db
+        .prepare(
+          `INSERT INTO migrations (id, created_at, updated_at, source_instance, target_instance, features, not_before, not_after, ticket, state)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'authorized')`,
+        )
+        .run(m.id, t, t, m.sourceInstance, m.targetInstance, m.features, m.notBefore, m.notAfter, buf(m.ticket));
+    });
+    return this.getMigration(m.id);
+  }
+
+  getMigration(id: string): MigrationRecord {
+    const row = this.db.prepare('SELECT * FROM migrations WHERE id = ?').get(id) as MigrationRow | undefined;
+    if (row === undefined) throw new KeystoreError('not-found', `no migration '${id}' in the owner store`);
+    return migrationFromRow(row);
+  }
+
+  listMigrations(): MigrationRecord[] {
+    return (this.db.prepare('SELECT * FROM migrations ORDER BY created_at, rowid').all() as MigrationRow[]).map(migrationFromRow);
+  }
+
+  /** The source's authorized-but-unfinished migration, if any. */
+  openMigrationOf(sourceInstance: string): MigrationRecord | null {
+    const row = this.db
+      .prepare("SELECT * FROM migrations WHERE source_instance = ? AND state = 'authorized'")
+      .get(sourceInstance) as MigrationRow | undefined;
+    return row === undefined ? null : migrationFromRow(row);
+  }
+
+  /**
+   * Closes an authorized migration, atomically with its instances:
+   * - `completed`: source active → migrated-away (key erased), target pending → active;
+   * - `aborted`: target pending → destroyed (key erased), the source stays active.
+   */
+  closeMigration(id: string, outcome: 'completed' | 'aborted'): MigrationRecord {
+    this.atomically(() => {
+      const m = this.getMigration(id);
+      if (m.state !== 'authorized') throw new KeystoreError('bad-state', `migration ${id} is '${m.state}', not authorized`);
+      if (outcome === 'completed') {
+        this.moveInstance(m.sourceInstance, ['active'], 'migrated-away');
+        this.moveInstance(m.targetInstance, ['pending'], 'active');
+      } else {
+        this.moveInstance(m.targetInstance, ['pending'], 'destroyed');
+      }
+      this.db.prepare('UPDATE migrations SET state = ?, updated_at = ? WHERE id = ?').run(outcome, now(), id);
+    });
+    return this.getMigration(id);
   }
 }
 
@@ -488,17 +679,28 @@ function migrate(db: Database.Database, path: string): void {
       `owner store '${path}' has schema version ${version}; this sevmig knows up to ${SCHEMA_VERSION}`,
     );
   }
-  for (let v = version; v < SCHEMA_VERSION; v++) {
-    const sql = MIGRATIONS[v] as string;
-    db.transaction(() => {
-      db.exec(sql);
-      db.pragma(`user_version = ${v + 1}`);
-    }).immediate();
+  // Table rebuilds need foreign keys off (they cannot be toggled inside a transaction); each step
+  // proves the references still hold before it commits.
+  db.pragma('foreign_keys = OFF');
+  try {
+    for (let v = version; v < SCHEMA_VERSION; v++) {
+      const sql = MIGRATIONS[v] as string;
+      db.transaction(() => {
+        db.exec(sql);
+        const broken = db.pragma('foreign_key_check') as unknown[];
+        if (broken.length > 0) {
+          throw new KeystoreError('schema-invalid', `owner store '${path}': ${broken.length} broken reference(s) after migrating to schema ${v + 1}`);
+        }
+        db.pragma(`user_version = ${v + 1}`);
+      }).immediate();
+    }
+  } finally {
+    db.pragma('foreign_keys = ON');
   }
   const tables = new Set(
     (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map((r) => r.name),
   );
-  for (const t of ['owner_keys', 'launches', 'instances']) {
+  for (const t of ['owner_keys', 'launches', 'instances', 'migrations']) {
     if (!tables.has(t)) throw new KeystoreError('schema-invalid', `owner store '${path}' lacks table '${t}' at schema version ${SCHEMA_VERSION}`);
   }
 }
