@@ -206,7 +206,12 @@ function checkReservedZero(dv: DataView, from: number, what: string, requestId: 
  */
 export function parseRequest(bytes: Uint8Array, lim: SlotLimits): RequestDescriptor {
   if (bytes.byteLength !== DESCRIPTOR_BYTES) throw new MailboxError('length', `request descriptor: need ${DESCRIPTOR_BYTES} bytes, got ${bytes.byteLength}`);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, DESCRIPTOR_BYTES);
+  return parseRequestView(new DataView(bytes.buffer, bytes.byteOffset, DESCRIPTOR_BYTES), lim);
+}
+
+/** {@link parseRequest} over a 64-byte DataView of a private copy (the rings reuse one scratch copy). */
+export function parseRequestView(dv: DataView, lim: SlotLimits): RequestDescriptor {
+  if (dv.byteLength !== DESCRIPTOR_BYTES) throw new MailboxError('length', `request descriptor: need ${DESCRIPTOR_BYTES} bytes, got ${dv.byteLength}`);
   const requestId = dv.getUint32(4, true);
   const flags = dv.getUint16(2, true);
   if (flags !== 0) throw new MailboxError('reserved', `request ${requestId}: flags 0x${flags.toString(16)} != 0`, requestId);
@@ -257,7 +262,12 @@ export function encodeCompletion(c: Completion, lim: SlotLimits, out: Uint8Array
 /** Parses a completion from a private copy; the HV does not trust the MH's output either. */
 export function parseCompletion(bytes: Uint8Array, lim: SlotLimits): Completion {
   if (bytes.byteLength !== DESCRIPTOR_BYTES) throw new MailboxError('length', `completion descriptor: need ${DESCRIPTOR_BYTES} bytes, got ${bytes.byteLength}`);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, DESCRIPTOR_BYTES);
+  return parseCompletionView(new DataView(bytes.buffer, bytes.byteOffset, DESCRIPTOR_BYTES), lim);
+}
+
+/** {@link parseCompletion} over a 64-byte DataView of a private copy. */
+export function parseCompletionView(dv: DataView, lim: SlotLimits): Completion {
+  if (dv.byteLength !== DESCRIPTOR_BYTES) throw new MailboxError('length', `completion descriptor: need ${DESCRIPTOR_BYTES} bytes, got ${dv.byteLength}`);
   const requestId = dv.getUint32(0, true);
   checkReservedZero(dv, 20, 'completion', requestId);
   const c: Completion = {

@@ -15,6 +15,7 @@
  */
 import {
   DESCRIPTOR_BYTES,
+  MAX_PAGES_PER_REQUEST,
   MailboxError,
   Word,
   checkViews,
@@ -29,9 +30,9 @@ import {
   encodeCompletion,
   encodeGfnList,
   encodeRequest,
-  parseCompletion,
+  parseCompletionView,
   parseGfnList,
-  parseRequest,
+  parseRequestView,
   type Completion,
   type RequestDescriptor,
   type SlotLimits,
@@ -74,10 +75,12 @@ class Producer {
     return this.n - used;
   }
 
-  /** The k-th unpublished entry (k < free()). */
-  entry(k: number): Uint8Array {
-    const off = this.w.base + (((this.head + k) >>> 0) & (this.n - 1)) * DESCRIPTOR_BYTES;
-    return this.ring.subarray(off, off + DESCRIPTOR_BYTES);
+  /** Private scratch the encoders write into; one 64-byte copy then puts it in the ring. */
+  readonly scratch = new Uint8Array(DESCRIPTOR_BYTES);
+
+  /** Copies {@link scratch} into the k-th unpublished entry (k < free()). */
+  put(k: number): void {
+    this.ring.set(this.scratch, this.w.base + (((this.head + k) >>> 0) & (this.n - 1)) * DESCRIPTOR_BYTES);
   }
 
   /** Publishes k written entries with one index update and one doorbell. */
@@ -114,10 +117,14 @@ class Consumer {
     return avail;
   }
 
-  /** A private copy of the k-th ready entry. */
-  copy(k: number): Uint8Array {
+  private readonly scratch = new Uint8Array(DESCRIPTOR_BYTES);
+  private readonly scratchView = new DataView(this.scratch.buffer);
+
+  /** Copies the k-th ready entry into private scratch (read once) and returns a view of the copy. */
+  copy(k: number): DataView {
     const off = this.w.base + (((this.tail + k) >>> 0) & (this.n - 1)) * DESCRIPTOR_BYTES;
-    return this.ring.slice(off, off + DESCRIPTOR_BYTES);
+    this.scratch.set(this.ring.subarray(off, off + DESCRIPTOR_BYTES));
+    return this.scratchView;
   }
 
   /** Hands k entries back to the producer (one index update, one space doorbell). */
@@ -157,6 +164,7 @@ export class GuestMailbox {
   private readonly req: Consumer;
   private readonly cpl: Producer;
   private readonly lim: SlotLimits;
+  private readonly gfnScratch = new Uint8Array(MAX_PAGES_PER_REQUEST * 8);
 
   private constructor(
     private readonly views: MailboxViews,
@@ -192,7 +200,7 @@ export class GuestMailbox {
     for (let i = 0; i < k; i++) {
       const copy = this.req.copy(i);
       try {
-        out.push(parseRequest(copy, this.lim));
+        out.push(parseRequestView(copy, this.lim));
       } catch (e) {
         if (!(e instanceof MailboxError)) throw e;
         out.push(e);
@@ -230,7 +238,10 @@ export class GuestMailbox {
   complete(cpls: Completion | readonly Completion[]): number {
     const list = Array.isArray(cpls) ? (cpls as readonly Completion[]) : [cpls as Completion];
     const k = Math.min(this.cpl.free(), list.length);
-    for (let i = 0; i < k; i++) encodeCompletion(list[i] as Completion, this.lim, this.cpl.entry(i));
+    for (let i = 0; i < k; i++) {
+      encodeCompletion(list[i] as Completion, this.lim, this.cpl.scratch);
+      this.cpl.put(i);
+    }
     this.cpl.publish(k);
     return k;
   }
@@ -246,7 +257,8 @@ export class GuestMailbox {
    */
   readGfns(req: RequestDescriptor): number[] {
     if (req.op !== MailboxOp.ExportPages) throw new MailboxError('op', `request ${req.requestId}: not EXPORT_PAGES`, req.requestId);
-    return parseGfnList(this.readData(req), req.pageCount);
+    if (req.dataLength !== req.pageCount * 8) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} != ${req.pageCount} GFNs × 8`, req.requestId);
+    return parseGfnList(this.readData(req, this.gfnScratch), req.pageCount);
   }
 
   /** A private copy of a request's input data (≤ slot size, already checked by the parser). */
@@ -310,7 +322,10 @@ export class HostMailbox {
   submit(reqs: RequestDescriptor | readonly RequestDescriptor[]): number {
     const list = Array.isArray(reqs) ? (reqs as readonly RequestDescriptor[]) : [reqs as RequestDescriptor];
     const k = Math.min(this.submitSpace(), list.length);
-    for (let i = 0; i < k; i++) encodeRequest(list[i] as RequestDescriptor, this.lim, this.req.entry(i));
+    for (let i = 0; i < k; i++) {
+      encodeRequest(list[i] as RequestDescriptor, this.lim, this.req.scratch);
+      this.req.put(i);
+    }
     this.req.publish(k);
     this.outstanding += k;
     return k;
@@ -327,7 +342,7 @@ export class HostMailbox {
     const out: Taken<Completion>[] = [];
     for (let i = 0; i < k; i++) {
       try {
-        out.push(parseCompletion(this.cpl.copy(i), this.lim));
+        out.push(parseCompletionView(this.cpl.copy(i), this.lim));
       } catch (e) {
         if (!(e instanceof MailboxError)) throw e;
         out.push(e);
@@ -389,6 +404,11 @@ async function waitAsync(control: Int32Array, bell: number, ready: () => boolean
     const left = deadline - performance.now();
     if (left <= 0) return false;
     const r = Atomics.waitAsync(control, bell, seen, left);
-    if (r.async) await r.value;
+    if (!r.async) continue;
+    // A pending waitAsync does not keep Node's event loop alive; a ref'd timer for the same
+    // bound does, so the wait always ends (by notify or by timeout) even with nothing else pending.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([r.value, new Promise<void>((res) => (timer = setTimeout(res, left + 1)))]);
+    clearTimeout(timer);
   }
 }
