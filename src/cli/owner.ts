@@ -44,6 +44,7 @@ import {
 } from '../owner/inputs.js';
 import { createHash } from 'node:crypto';
 import { CliError } from './errors.js';
+import { registerOwnerMigration } from './owner-migration.js';
 
 /** Exit code of `measurement verify` when the measurement does not match (1 = bad usage/input). */
 export const EXIT_MISMATCH = 2;
@@ -79,6 +80,7 @@ export function registerOwner(program: Command): void {
   registerSession(owner);
   registerMeasurement(owner);
   registerSecret(owner);
+  registerOwnerMigration(owner);
 
   const keys = owner.command('keys').description("the owner's signing key");
   keys
