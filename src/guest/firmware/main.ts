@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { PAGE_SIZE, gfnOf, gpa } from '../../platform/address.js';
-import type { VcpuContext } from '../../platform/guest-face.js';
+import { VcpuShutdown, type VcpuContext } from '../../platform/guest-face.js';
 import { equalBytes, hex, wipe } from '../../protocol/bytes.js';
 import {
   FW_HASHES_BASE,
@@ -30,6 +30,7 @@ import { BootStatus, CMDLINE_MAX, KEPT_SECRETS, KEPT_SECRETS_MAX, Reg, STATE_MAG
 import { SevFormatError } from '../../protocol/sev/errors.js';
 import { buildSecretTable, parseSecretTable, type SecretEntry } from '../../protocol/sev/secret.js';
 import { RUN_MARKER } from '../workloads/common.js';
+import { migratedAway, provisionMh, zeroizeMh } from '../mh/keys.js';
 import { runWorkload, workloadRange, workloadVcpus } from '../workloads/index.js';
 import type { RunLimit } from '../workloads/ab.js';
 
@@ -86,6 +87,11 @@ function takeSecrets(ctx: VcpuContext): void {
     if (!(e instanceof SevFormatError)) throw e;
     say(ctx, `secret table: corrupted (${e.message}); no secrets kept`);
   }
+  // The MH's entries move to its key page (never migrated); only the rest is kept here.
+  const mh = provisionMh(ctx.mem, entries);
+  say(ctx, mh.note);
+  const mhEntries = entries.filter((e) => !mh.rest.includes(e));
+  entries = mh.rest;
   if (entries.length > 0) {
     const kept = buildSecretTable(entries);
     if (kept.byteLength <= KEPT_SECRETS_MAX) {
@@ -98,7 +104,7 @@ function takeSecrets(ctx: VcpuContext): void {
     if (demo) say(ctx, `secret proof ${SEVMIG_DEMO_SECRET_GUID} ${secretProof(demo.data)}`);
   }
   ctx.mem.fill(gpa(FW_SECRET_BASE), FW_SECRET_SIZE, 0);
-  wipe(area, ...entries.map((e) => e.data));
+  wipe(area, ...entries.map((e) => e.data), ...mhEntries.map((e) => e.data));
   say(ctx, `secret area 0x${FW_SECRET_BASE.toString(16)}+0x${FW_SECRET_SIZE.toString(16)} scrubbed`);
 }
 
@@ -200,5 +206,11 @@ export function firmwareMain(ctx: VcpuContext, opts: FirmwareOptions = {}): void
 
 /** The firmware entry the platform's vCPU worker calls. */
 export function vcpuMain(ctx: VcpuContext): void {
-  firmwareMain(ctx);
+  try {
+    firmwareMain(ctx);
+  } catch (e) {
+    // Shutdown: the BSP wipes the MH's keys on its way out.
+    if (e instanceof VcpuShutdown && ctx.isBsp && !migratedAway(ctx.mem)) zeroizeMh(ctx.mem, false);
+    throw e;
+  }
 }
