@@ -3,9 +3,9 @@
  * all from node:crypto. Raw 32-byte X25519 keys go through fixed DER wrappers (RFC 8410):
  *
  *   PKCS#8 private key = 302e020100300506032b656e04220420 ‖ priv(32)
- *   SPKI public key    = 302a300506032b656e032100 ‖ pub(32)
+ *   public keys are imported as JWK { kty: OKP, crv: X25519, x }
  */
-import { createCipheriv, createDecipheriv, createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman, randomBytes, type KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { fromHex, wipe } from '../bytes.js';
 import { NoiseError } from './errors.js';
 
@@ -15,7 +15,6 @@ export const KEYLEN = 32;
 export const TAGLEN = 16;
 
 const PKCS8_PREFIX = fromHex('302e020100300506032b656e04220420');
-const SPKI_PREFIX = fromHex('302a300506032b656e032100');
 
 function checkKey(what: string, b: Uint8Array): void {
   if (!(b instanceof Uint8Array) || b.byteLength !== DHLEN) {
@@ -37,20 +36,55 @@ function privateKeyObject(priv: Uint8Array): KeyObject {
 
 function publicKeyObject(pub: Uint8Array): KeyObject {
   checkKey('X25519 public key', pub);
-  const der = Buffer.alloc(SPKI_PREFIX.byteLength + DHLEN);
-  der.set(SPKI_PREFIX, 0);
-  der.set(pub, SPKI_PREFIX.byteLength);
   try {
-    return createPublicKey({ key: der, format: 'der', type: 'spki' });
+    // JWK import of a public key is ~10x faster than SPKI DER through OpenSSL's decoders.
+    return createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: Buffer.from(pub.buffer, pub.byteOffset, pub.byteLength).toString('base64url') }, format: 'jwk' });
   } catch (e) {
     throw new NoiseError('key', `X25519 public key rejected: ${e instanceof Error ? e.message : String(e)}`);
   }
 }
 
+function rawPublic(key: KeyObject): Uint8Array {
+  const spki = createPublicKey(key).export({ format: 'der', type: 'spki' });
+  return new Uint8Array(spki.subarray(spki.byteLength - DHLEN));
+}
+
+/**
+ * An X25519 private key imported once (a KeyObject: node keeps the scalar outside the JS heap, where
+ * it cannot be wiped from here; the raw bytes handed in are never kept). Importing costs ~2 ms, so a
+ * long-lived identity is imported once and reused.
+ */
+export class X25519Key {
+  private constructor(
+    /** @internal */ readonly keyObject: KeyObject,
+    readonly pub: Uint8Array,
+  ) {}
+
+  static fromPrivate(priv: Uint8Array): X25519Key {
+    const k = privateKeyObject(priv);
+    return new X25519Key(k, rawPublic(k));
+  }
+
+  /** GENERATE_KEYPAIR() without the raw private key ever leaving node's key store. */
+  static generate(): X25519Key {
+    const { privateKey } = generateKeyPairSync('x25519');
+    return new X25519Key(privateKey, rawPublic(privateKey));
+  }
+
+  /** DH(this, pub). OpenSSL refuses an all-zero result (a low-order peer point): NoiseError 'key'. */
+  dh(pub: Uint8Array): Uint8Array {
+    const publicKey = publicKeyObject(pub);
+    try {
+      return new Uint8Array(diffieHellman({ privateKey: this.keyObject, publicKey }));
+    } catch (e) {
+      throw new NoiseError('key', `X25519 failed: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+}
+
 /** The X25519 public key of a raw 32-byte private key. */
 export function x25519PublicKey(priv: Uint8Array): Uint8Array {
-  const spki = createPublicKey(privateKeyObject(priv)).export({ format: 'der', type: 'spki' });
-  return new Uint8Array(spki.subarray(spki.byteLength - DHLEN));
+  return rawPublic(privateKeyObject(priv));
 }
 
 export interface KeyPair {
@@ -58,24 +92,15 @@ export interface KeyPair {
   pub: Uint8Array;
 }
 
-/** GENERATE_KEYPAIR(): a fresh random X25519 key pair. */
+/** A fresh random X25519 key pair as raw bytes (for the owner's key generation and tests). */
 export function generateKeyPair(): KeyPair {
   const priv = new Uint8Array(randomBytes(DHLEN));
   return { priv, pub: x25519PublicKey(priv) };
 }
 
-/**
- * DH(priv, pub). OpenSSL refuses an all-zero result (a low-order peer point), which the spec
- * allows an implementation to treat as an error: it surfaces as NoiseError 'key'.
- */
+/** DH(priv, pub) on raw keys. */
 export function dh(priv: Uint8Array, pub: Uint8Array): Uint8Array {
-  const privateKey = privateKeyObject(priv);
-  const publicKey = publicKeyObject(pub);
-  try {
-    return new Uint8Array(diffieHellman({ privateKey, publicKey }));
-  } catch (e) {
-    throw new NoiseError('key', `X25519 failed: ${e instanceof Error ? e.message : String(e)}`);
-  }
+  return X25519Key.fromPrivate(priv).dh(pub);
 }
 
 export function hash(...parts: Uint8Array[]): Uint8Array {

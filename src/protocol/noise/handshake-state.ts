@@ -7,7 +7,7 @@
  * handshake that fails must be abandoned.
  */
 import { concat, wipe } from '../bytes.js';
-import { CIPHERS, DHLEN, TAGLEN, dh, generateKeyPair, x25519PublicKey, type CipherName, type KeyPair } from './crypto.js';
+import { CIPHERS, DHLEN, TAGLEN, X25519Key, type CipherName } from './crypto.js';
 import { CipherState } from './cipher-state.js';
 import { MAX_MESSAGE_LEN, NoiseError } from './errors.js';
 import { PATTERNS, staticKeyNeeds, type HandshakePattern, type PatternName, type Token } from './patterns.js';
@@ -20,12 +20,12 @@ export interface HandshakeOptions {
   cipher: CipherName;
   initiator: boolean;
   prologue: Uint8Array;
-  /** This side's static key (X25519 private key, 32 bytes); its public key is derived. */
-  s?: { priv: Uint8Array };
+  /** This side's static key: a raw X25519 private key (32 bytes; copied, not kept) or one imported once. */
+  s?: { priv: Uint8Array } | X25519Key;
   /** The remote static public key, for patterns that know it in advance (KK). */
   rs?: Uint8Array;
   /** A fixed ephemeral private key: for test vectors only; otherwise a fresh one is generated. */
-  e?: { priv: Uint8Array };
+  e?: { priv: Uint8Array } | X25519Key;
 }
 
 export interface Handshake {
@@ -49,10 +49,10 @@ export interface Handshake {
   destroy(): void;
 }
 
-function keyPairFrom(what: string, priv: Uint8Array): KeyPair {
-  if (!(priv instanceof Uint8Array) || priv.byteLength !== DHLEN) throw new NoiseError('key', `${what}: expected a ${DHLEN}-byte private key`);
-  const copy = Uint8Array.from(priv);
-  return { priv: copy, pub: x25519PublicKey(copy) };
+function importKey(what: string, k: { priv: Uint8Array } | X25519Key): X25519Key {
+  if (k instanceof X25519Key) return k;
+  if (!(k.priv instanceof Uint8Array) || k.priv.byteLength !== DHLEN) throw new NoiseError('key', `${what}: expected a ${DHLEN}-byte private key`);
+  return X25519Key.fromPrivate(k.priv);
 }
 
 export function protocolNameOf(pattern: PatternName, cipher: CipherName): string {
@@ -75,9 +75,9 @@ export function createHandshake(opts: HandshakeOptions): Handshake {
 
   const protocolName = protocolNameOf(pattern.name, cipher.name);
   const ss = new SymmetricState(protocolName, cipher);
-  let s: KeyPair | null = opts.s ? keyPairFrom('static key', opts.s.priv) : null;
-  let e: KeyPair | null = null;
-  const fixedE = opts.e ? keyPairFrom('ephemeral key', opts.e.priv) : null;
+  let s: X25519Key | null = opts.s ? importKey('static key', opts.s) : null;
+  let e: X25519Key | null = null;
+  let fixedE: X25519Key | null = opts.e ? importKey('ephemeral key', opts.e) : null;
   let rs: Uint8Array | null = opts.rs ? Uint8Array.from(opts.rs) : null;
   let re: Uint8Array | null = null;
 
@@ -86,7 +86,7 @@ export function createHandshake(opts: HandshakeOptions): Handshake {
   for (const who of ['initiator', 'responder'] as const) {
     const tokens = who === 'initiator' ? pattern.preInitiator : pattern.preResponder;
     const mine = (who === 'initiator') === initiator;
-    for (const _t of tokens) ss.mixHash(mine ? (s as KeyPair).pub : (rs as Uint8Array));
+    for (const _t of tokens) ss.mixHash(mine ? (s as X25519Key).pub : (rs as Uint8Array));
   }
 
   let index = 0; // next message of the pattern
@@ -109,7 +109,7 @@ export function createHandshake(opts: HandshakeOptions): Handshake {
     };
     const local = (t === 'ee' || (t === 'es' && initiator) || (t === 'se' && !initiator)) ? need('e', e) : need('s', s);
     const remote = (t === 'ee' || (t === 'es' && !initiator) || (t === 'se' && initiator)) ? need('re', re) : need('rs', rs);
-    return dh(local.priv, remote);
+    return local.dh(remote);
   }
 
   function mixDh(t: Exclude<Token, 'e' | 's'>): void {
@@ -135,8 +135,7 @@ export function createHandshake(opts: HandshakeOptions): Handshake {
     if (index === pattern!.messages.length) {
       finalHash = ss.getHandshakeHash();
       keys = ss.split();
-      if (e) wipe(e.priv);
-      e = null;
+      e = null; // dropping the ephemeral KeyObject is all node allows
       phase = 'complete';
     } else {
       phase = phase === 'write' ? 'read' : 'write';
@@ -145,7 +144,6 @@ export function createHandshake(opts: HandshakeOptions): Handshake {
 
   function fail(): void {
     ss.destroy();
-    if (e) wipe(e.priv);
     e = null;
     phase = 'failed';
   }
@@ -172,11 +170,11 @@ export function createHandshake(opts: HandshakeOptions): Handshake {
         for (const t of tokens) {
           if (t === 'e') {
             if (e) throw new NoiseError('order', 'ephemeral key already set');
-            e = fixedE ? { priv: Uint8Array.from(fixedE.priv), pub: fixedE.pub } : generateKeyPair();
+            e = fixedE ?? X25519Key.generate();
             parts.push(e.pub);
             ss.mixHash(e.pub);
           } else if (t === 's') {
-            parts.push(ss.encryptAndHash((s as KeyPair).pub));
+            parts.push(ss.encryptAndHash((s as X25519Key).pub));
           } else {
             mixDh(t);
           }
@@ -253,10 +251,8 @@ export function createHandshake(opts: HandshakeOptions): Handshake {
     destroy() {
       ss.destroy();
       if (keys) wipe(keys.k1, keys.k2);
-      if (s) wipe(s.priv);
-      if (e) wipe(e.priv);
-      if (fixedE) wipe(fixedE.priv);
       keys = null;
+      fixedE = null;
       s = null;
       e = null;
       phase = 'destroyed';
