@@ -8,12 +8,14 @@
  *   boot        boot-to-running of a confidential guest in its own host process, attested by the owner
  *   dirty-rate  pages/s the `ab` and `pattern` workloads dirty on 1 and 2 vCPUs (from the guest's stats)
  *   dirty-sync  host cost of one dirty-log sync per GiB, clean and fully dirty
+ *   records     seal/open throughput of migration records (1..512 pages), wire overhead per page
  */
 import { parseArgs } from 'node:util';
 import { parseSize } from '../src/platform/address.js';
 import { newRun, formatTable, saveRun, type Row } from './report.js';
 import { benchBoot, benchDirtyRates } from './guest-scenarios.js';
 import { benchDirtySync } from './dirty-sync.js';
+import { benchRecords } from './records.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -35,6 +37,7 @@ async function main(): Promise<void> {
   if (want('boot')) add(await benchBoot({ memoryBytes, progress }));
   if (want('dirty-rate')) add(await benchDirtyRates({ memoryBytes, runMs, progress }));
   if (want('dirty-sync')) add(benchDirtySync({ memoryBytes, progress }));
+  if (want('records')) add(benchRecords({ progress }));
 
   const file = saveRun(run, values.out!);
   process.stdout.write(`${formatTable(run.rows)}\n\nresults: ${file}\n`);

@@ -12,6 +12,9 @@ import { b64, fromB64 } from '../protocol/bytes.js';
 import { parseOvmfTable } from '../protocol/sev/ovmf-table.js';
 import { buildResetVmsa, cpuSignature as cpuSig } from '../protocol/sev/vmsa.js';
 import type { SecretEntry } from '../protocol/sev/secret.js';
+import { encodeEnvironment, SevType } from '../protocol/environment.js';
+import { MH_ENVIRONMENT_GUID } from '../protocol/mh-secret.js';
+import { newInstanceSecret, type MhSecretEntry } from './migration.js';
 import type { QmpClient } from './qmp-client.js';
 import type { OwnerStore } from './keystore.js';
 import { OwnerError, buildLaunchSecret, expectedDigest, prepareLaunch, verifyMeasurement, type AmdRoots } from './attest.js';
@@ -33,6 +36,12 @@ export interface GuestLaunchOptions {
   cpuSignature?: number;
   /** Run the guest at the end (QMP `cont`). */
   start?: boolean;
+  /**
+   * The Migration Handler's identity: 'fresh' (default) makes a new instance with a new identity
+   * and no peer; a migration target passes the entry `authorizeMigration` returned; 'none' gives the
+   * guest no MH identity (it can never be migrated by the MH).
+   */
+  mh?: 'fresh' | 'none' | { entry: MhSecretEntry; instanceId: string };
   timeoutMs?: number;
 }
 
@@ -48,6 +57,8 @@ export interface GuestLaunchReport {
   measurement: string;
   api: { major: number; minor: number; build: number };
   handle: number;
+  /** The owner's instance record for this VM's MH identity (none when `mh: 'none'`). */
+  instanceId: string | null;
 }
 
 interface SevCaps {
@@ -118,7 +129,33 @@ export async function launchGuest(client: QmpClient, store: OwnerStore, o: Guest
   );
   if (!verdict.ok) throw new OwnerError('measurement', `launch measurement does not match, no secret injected: ${verdict.reason}`);
 
-  const packet = buildLaunchSecret(store, launch.launchId, o.secrets, secretArea.size);
+  // The MH's identity and its owner-attested view of the launch travel in the same secret.
+  const mhMode = o.mh ?? 'fresh';
+  let instanceId: string | null = null;
+  const mhEntries: SecretEntry[] = [];
+  if (mhMode !== 'none') {
+    const id = mhMode === 'fresh' ? newInstanceSecret(store, launch.launchId) : { ...mhMode.entry, instanceId: mhMode.instanceId };
+    instanceId = id.instanceId;
+    mhEntries.push({ guid: id.guid, data: id.data });
+    mhEntries.push({
+      guid: MH_ENVIRONMENT_GUID,
+      data: encodeEnvironment({
+        sevType: o.sevType === 'sev-es' ? SevType.SEV_ES : SevType.SEV,
+        policy: o.policy,
+        api: { major: info['api-major'], minor: info['api-minor'], build: info['build-id'] },
+        vcpus: o.vcpus,
+        memoryBytes: o.memoryBytes,
+        launchDigest: digest,
+        features: 0,
+      }),
+    });
+  }
+  let packet: { header: Uint8Array; payload: Uint8Array };
+  try {
+    packet = buildLaunchSecret(store, launch.launchId, [...o.secrets, ...mhEntries], secretArea.size);
+  } finally {
+    for (const e of mhEntries) e.data.fill(0);
+  }
   await time('secret injected (LAUNCH_SECRET)', () =>
     client.execute('sev-inject-launch-secret', { 'packet-header': b64(packet.header), secret: b64(packet.payload) }, timeout),
   );
@@ -129,5 +166,6 @@ export async function launchGuest(client: QmpClient, store: OwnerStore, o: Guest
     measurement: b64(blob.subarray(0, 32)),
     api: { major: info['api-major'], minor: info['api-minor'], build: info['build-id'] },
     handle: info.handle,
+    instanceId,
   };
 }

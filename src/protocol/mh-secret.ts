@@ -22,6 +22,12 @@
 import { guidToBytes } from './guid.js';
 
 export const MH_SECRET_GUID = '0b1f7a5e-6d2c-4e8a-9c3b-5a4d7e1f2c60';
+/**
+ * The owner-attested launch environment (protocol/environment.ts layout) that the owner adds to
+ * the launch secret after the measurement verified: the MH's view of its own policy, platform API
+ * version and launch digest, which a guest cannot read from the hardware under SEV / SEV-ES.
+ */
+export const MH_ENVIRONMENT_GUID = '9a8e1c3f-2b4d-4f6a-8c7e-5d3b1a9f0e24';
 /** {@link MH_SECRET_GUID} in its wire (bytes_le) form, for secret-table lookups. */
 export const MH_SECRET_GUID_BYTES: Uint8Array = guidToBytes(MH_SECRET_GUID);
 export const MH_SECRET_VERSION = 1;

@@ -31,14 +31,13 @@
 import { gfnOf, gpa, type Gfn, type Gpa } from '../../platform/address.js';
 import type { GuestMemory } from '../../platform/guest-face.js';
 import { equalBytes } from '../../protocol/bytes.js';
-import { decodeMhSecret, MH_SECRET_GUID, MhSecretError } from '../../protocol/mh-secret.js';
+import { decodeMhSecret, MH_ENVIRONMENT_GUID, MH_SECRET_GUID, MhSecretError } from '../../protocol/mh-secret.js';
 import { decodeEnvironment, EnvironmentError, type Environment } from '../../protocol/environment.js';
 import { x25519PublicKey } from '../../protocol/noise.js';
 import type { SecretEntry } from '../../protocol/sev/secret.js';
 import { MH_RESERVED, MH_RESERVED_SIZE } from '../firmware/layout.js';
 
-/** The owner-attested launch environment (policy, API, launch digest...) for the MH's own view. */
-export const MH_ENVIRONMENT_GUID = '9a8e1c3f-2b4d-4f6a-8c7e-5d3b1a9f0e24';
+export { MH_ENVIRONMENT_GUID };
 
 export const MH_KEY_PAGE: Gpa = MH_RESERVED;
 export const MH_MAX_STREAMS = 64;

@@ -1,0 +1,219 @@
+/**
+ * The async pre-copy driver with in-memory dependencies on a virtual clock: sends advance the
+ * clock by their size over the link speed, and the rate-limit sleeps jump it.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runPrecopy, type PrecopyDeps, type PrecopyEmitted, type SendResult } from '../../../src/host/migration/precopy-driver.js';
+import { PAGE_SIZE, type Gfn } from '../../../src/platform/host-face.js';
+
+interface FakeOptions {
+  pageCount: number;
+  linkBps?: number;
+  /** Pages the guest writes per send, cycling through the first `workingSet` pages. */
+  writesPerSend?: number;
+  workingSet?: number;
+  sendBatch?: (gfns: readonly Gfn[], signal: AbortSignal) => Promise<SendResult> | undefined;
+  sendFinal?: (gfns: readonly Gfn[], signal: AbortSignal) => Promise<SendResult> | undefined;
+  stopVm?: () => Promise<void> | undefined;
+}
+
+function fakeHost(o: FakeOptions) {
+  let now = 5000;
+  const src = new Uint32Array(o.pageCount);
+  const dst = new Int32Array(o.pageCount).fill(-1);
+  let dirty = new Uint32Array(Math.ceil(o.pageCount / 32));
+  let wc = 0;
+  let running = true;
+  const calls: string[] = [];
+  const emitted: PrecopyEmitted[] = [];
+  const throttle: number[] = [];
+  const guestWrites = (n: number): void => {
+    if (!running) return;
+    for (let i = 0; i < n; i++) {
+      const p = wc;
+      wc = (wc + 1) % (o.workingSet ?? o.pageCount);
+      src[p] = (src[p] ?? 0) + 1;
+      dirty[p >>> 5] = ((dirty[p >>> 5] ?? 0) | (1 << (p & 31))) >>> 0;
+    }
+  };
+  const move = async (gfns: readonly Gfn[]): Promise<SendResult> => {
+    for (const p of gfns) dst[p] = src[p] ?? 0;
+    const bytes = gfns.length * PAGE_SIZE;
+    now += (bytes / (o.linkBps ?? 1e9)) * 1000;
+    guestWrites(o.writesPerSend ?? 0);
+    await Promise.resolve();
+    return { bytes, duplicate: 0 };
+  };
+  const deps: PrecopyDeps = {
+    syncDirty: () => {
+      calls.push('sync');
+      const words = dirty;
+      dirty = new Uint32Array(words.length);
+      return { pageCount: o.pageCount, words };
+    },
+    sendBatch: (gfns, signal) => o.sendBatch?.(gfns, signal) ?? move(gfns),
+    stopVm: async () => {
+      calls.push('stop');
+      const r = o.stopVm?.();
+      if (r) return r;
+      running = false;
+    },
+    resumeVm: async () => {
+      calls.push('resume');
+      running = true;
+    },
+    setThrottle: (p) => void throttle.push(p),
+    sendFinal: (gfns, signal) => {
+      calls.push('final');
+      return o.sendFinal?.(gfns, signal) ?? move(gfns);
+    },
+    now: () => now,
+    emit: (e) => void emitted.push(e),
+    sleep: async (ms) => {
+      now += ms;
+      await Promise.resolve();
+    },
+  };
+  return {
+    deps, calls, emitted, throttle, src, dst,
+    get running() { return running; },
+    advance: (ms: number) => { now += ms; },
+  };
+}
+
+test('runPrecopy completes a live migration: destination current, events, query-migrate fields', async () => {
+  const h = fakeHost({ pageCount: 4096, writesPerSend: 20, workingSet: 512, linkBps: 200e6 });
+  const seen: string[] = [];
+  const m = runPrecopy({ deps: h.deps, pageCount: 4096, capabilities: { events: true }, params: { 'max-bandwidth': 0 }, migrationId: 'm1' });
+  assert.equal(m.status(), 'setup');
+  assert.deepEqual(m.info(), { status: 'setup' });
+  const poll = setInterval(() => seen.push(m.status()), 0);
+  const r = await m.done;
+  clearInterval(poll);
+  assert.equal(r.status, 'completed');
+  assert.equal(r.info.status, 'completed');
+  assert.equal(r.info.ram?.total, 4096 * PAGE_SIZE);
+  assert.ok((r.info.ram?.['dirty-sync-count'] ?? 0) >= 3);
+  assert.ok((r.info.ram?.transferred ?? 0) >= 4096 * PAGE_SIZE);
+  assert.deepEqual(h.calls.filter((c) => c !== 'sync'), ['stop', 'final']);
+  for (let p = 0; p < 4096; p++) assert.equal(h.dst[p], h.src[p], `page ${p}`);
+  const statuses = h.emitted.filter((e) => e.event === 'MIGRATION').map((e) => (e.event === 'MIGRATION' ? e.data.status : ''));
+  assert.deepEqual(statuses, ['setup', 'active', 'device', 'completed']);
+  const passes = h.emitted.filter((e) => e.event === 'MIGRATION_PASS').map((e) => (e.event === 'MIGRATION_PASS' ? e.data.pass : 0));
+  assert.deepEqual(passes, passes.map((_, i) => i + 1));
+  assert.deepEqual(m.info(), r.info, 'info() after the end is the final report');
+});
+
+test('a send that rejects fails the migration with error-desc; the VM is never stopped', async () => {
+  let n = 0;
+  const h = fakeHost({
+    pageCount: 2048,
+    sendBatch: () => (++n === 3 ? Promise.reject(new Error('connection reset by peer')) : undefined),
+  });
+  const r = await runPrecopy({ deps: h.deps, pageCount: 2048, params: { 'max-bandwidth': 0 } }).done;
+  assert.equal(r.status, 'failed');
+  assert.equal(r.info.status, 'failed');
+  assert.equal(r.info['error-desc'], 'send-batch failed: connection reset by peer');
+  assert.ok(!h.calls.includes('stop') && !h.calls.includes('resume'));
+  assert.ok(h.running);
+});
+
+test('a send that never answers times out and fails the migration', async () => {
+  let signalSeen: AbortSignal | null = null;
+  const h = fakeHost({ pageCount: 1024, sendBatch: (_g, signal) => { signalSeen = signal; return new Promise<SendResult>(() => {}); } });
+  const t0 = Date.now();
+  const r = await runPrecopy({ deps: h.deps, pageCount: 1024, timeouts: { sendMs: 50 } }).done;
+  assert.equal(r.status, 'failed');
+  assert.equal(r.error, 'send-batch timed out after 50 ms');
+  assert.ok(Date.now() - t0 < 2000);
+  assert.equal((signalSeen as AbortSignal | null)?.aborted, true, 'the migration signal told the mover to stop');
+});
+
+test('cancel before completion: cancelled, the source keeps running, cancel is idempotent', async () => {
+  let release: (() => void) | null = null;
+  let sends = 0;
+  const h = fakeHost({
+    pageCount: 4096,
+    sendBatch: (_g, signal) => {
+      if (++sends < 3) return undefined;
+      return new Promise<SendResult>((resolve, reject) => {
+        release = () => resolve({ bytes: 512 * PAGE_SIZE });
+        signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
+      });
+    },
+  });
+  const m = runPrecopy({ deps: h.deps, pageCount: 4096, capabilities: { events: true }, params: { 'max-bandwidth': 0 } });
+  while (release === null) await new Promise((r) => setImmediate(r));
+  assert.equal(m.status(), 'active');
+  m.cancel();
+  m.cancel();
+  const r = await m.done;
+  m.cancel();
+  assert.equal(r.status, 'cancelled');
+  assert.deepEqual(r.info, { status: 'cancelled' });
+  assert.ok(!h.calls.includes('stop'), 'no stop-vm');
+  assert.ok(h.running);
+  const statuses = h.emitted.filter((e) => e.event === 'MIGRATION').map((e) => (e.event === 'MIGRATION' ? e.data.status : ''));
+  assert.deepEqual(statuses, ['setup', 'active', 'cancelling', 'cancelled']);
+});
+
+test('an aborted AbortSignal is migrate_cancel', async () => {
+  const ac = new AbortController();
+  const h = fakeHost({ pageCount: 1024, sendBatch: (_g, signal) => new Promise<SendResult>((_r, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')))) });
+  const m = runPrecopy({ deps: h.deps, pageCount: 1024, signal: ac.signal });
+  await new Promise((r) => setImmediate(r));
+  ac.abort();
+  assert.equal((await m.done).status, 'cancelled');
+});
+
+test('cancel during the switch-over: the final send aborts, the source resumes', async () => {
+  const h = fakeHost({
+    pageCount: 512,
+    sendFinal: (_g, signal) => new Promise<SendResult>((_r, reject) => signal.addEventListener('abort', () => reject(new Error('aborted before the start token')))),
+  });
+  const m = runPrecopy({ deps: h.deps, pageCount: 512, params: { 'max-bandwidth': 0 } });
+  while (!h.calls.includes('final')) await new Promise((r) => setImmediate(r));
+  assert.equal(m.status(), 'device');
+  assert.equal(h.running, false);
+  m.cancel();
+  const r = await m.done;
+  assert.equal(r.status, 'cancelled');
+  assert.deepEqual(h.calls.filter((c) => c !== 'sync'), ['stop', 'final', 'resume']);
+  assert.equal(h.running, true);
+});
+
+test('a stop that fails fails the migration and resumes the source; a failed resume is reported', async () => {
+  const h = fakeHost({ pageCount: 256, stopVm: () => Promise.reject(new Error('vCPU 1 did not reach a safe point')) });
+  const r = await runPrecopy({ deps: h.deps, pageCount: 256 }).done;
+  assert.equal(r.status, 'failed');
+  assert.equal(r.error, 'stop-vm failed: vCPU 1 did not reach a safe point');
+  assert.ok(h.calls.includes('resume'));
+  assert.equal(r.resumeError, undefined);
+
+  const h2 = fakeHost({ pageCount: 256, stopVm: () => Promise.reject(new Error('no')) });
+  h2.deps.resumeVm = () => Promise.reject(new Error('commit token already sent'));
+  const r2 = await runPrecopy({ deps: h2.deps, pageCount: 256 }).done;
+  assert.equal(r2.resumeError, 'resume-vm failed: commit token already sent');
+});
+
+test('a page mover reporting more pages than it was given fails the migration (typed refusal, no crash)', async () => {
+  const h = fakeHost({ pageCount: 256, sendBatch: async () => ({ bytes: -5 }) });
+  const r = await runPrecopy({ deps: h.deps, pageCount: 256 }).done;
+  assert.equal(r.status, 'failed');
+  assert.match(r.error ?? '', /reports -5 bytes/);
+});
+
+test("setParameters mid-migration: QEMU's 3 MB/s + 1 ms, then 1 GB/s + 30 s completes", async () => {
+  const h = fakeHost({ pageCount: 2048, writesPerSend: 40, workingSet: 512, linkBps: 2e9 });
+  const m = runPrecopy({ deps: h.deps, pageCount: 2048, params: { 'max-bandwidth': 3_000_000, 'downtime-limit': 1 }, engine: { batchPages: 64 } });
+  // Let it run many passes without converging.
+  while ((m.info().ram?.['dirty-sync-count'] ?? 0) < 6) await new Promise((r) => setImmediate(r));
+  assert.equal(m.status(), 'active');
+  assert.ok(!h.calls.includes('stop'));
+  m.setParameters({ 'max-bandwidth': 1_000_000_000, 'downtime-limit': 30_000 });
+  const r = await m.done;
+  assert.equal(r.status, 'completed');
+  for (let p = 0; p < 2048; p++) assert.equal(h.dst[p], h.src[p], `page ${p}`);
+  assert.throws(() => runPrecopy({ deps: h.deps, pageCount: 16, params: { 'max-cpu-throttle': 0 } }), { name: 'PrecopyError' });
+});
