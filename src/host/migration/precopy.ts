@@ -633,8 +633,9 @@ function allowancePages(stats: PrecopyStats, ctx: PrecopyContext, inFlightPages:
 
 /** migration_update_counters: once a window of at least 100 ms is over, measure and start the next. */
 function updateWindow(stats: PrecopyStats, ctx: PrecopyContext, at: number, remainingPages: number): PrecopyStats {
+  // The same expression as the rate-limit wait's `until`, so a tick at `until` always rolls the window.
+  if (at < stats.windowStart + BUFFER_DELAY_MS) return stats;
   const spent = at - stats.windowStart;
-  if (spent < BUFFER_DELAY_MS) return stats;
   const bytes = stats.transferred - stats.windowBytes0;
   const pages = stats.normal + stats.duplicate - stats.windowPages0;
   const perMs = bytes / spent;

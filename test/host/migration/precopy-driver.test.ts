@@ -72,7 +72,7 @@ function fakeHost(o: FakeOptions) {
     emit: (e) => void emitted.push(e),
     sleep: async (ms) => {
       now += ms;
-      await Promise.resolve();
+      await new Promise((r) => setImmediate(r)); // a macrotask, so the test's polling loop gets its turn
     },
   };
   return {
