@@ -25,6 +25,6 @@ if (files.length === 0) {
   console.error('no test files found under dist/test (did the build run?)');
   process.exit(1);
 }
-const args = ['--test', '--test-reporter=spec', '--test-timeout=180000', ...files.map((f) => relative(root, f))];
+const args = ['--test', '--test-reporter=spec', '--test-timeout=120000', ...files.map((f) => relative(root, f))];
 const res = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env: process.env });
 process.exit(res.status ?? 1);
