@@ -71,6 +71,14 @@ export interface VcpuHandle {
    * under SEV-ES the initial VMSA is installed by the PSP (LAUNCH_UPDATE_VMSA) and this throws.
    */
   setResetState(vmsa: Uint8Array): void;
+  /**
+   * The whole VMSA page of a paused (or not yet started) vCPU: KVM_GET_SREGS/REGS/FPU/... as one
+   * page, what a plain-SEV or non-confidential migration sends as CPU state. Throws
+   * 'vmsa-protected' under SEV-ES and 'vcpu-state' while the vCPU runs.
+   */
+  saveState(): Uint8Array;
+  /** Installs a saved VMSA page into a paused or not yet started vCPU (plain SEV / none only). */
+  restoreState(vmsa: Uint8Array): void;
 }
 
 export type MachineEvent =
@@ -88,8 +96,12 @@ export interface HostMachine {
   fwCfgSet(name: string, data: Uint8Array): void;
   /** Starts every vCPU at its reset state (first run) or resumes them. */
   run(): Promise<void>;
-  /** Asks every vCPU to exit at its next safe point and waits until all are parked. */
-  pause(timeoutMs?: number): Promise<void>;
+  /**
+   * Asks vCPUs to exit at their next safe point and waits until they are parked: all of them, or
+   * only those in `which` (a migration stops the guest's vCPUs while its Migration Handler vCPUs
+   * keep serving). `run()` resumes every parked vCPU.
+   */
+  pause(timeoutMs?: number, which?: readonly number[]): Promise<void>;
   /** Percentage of time vCPUs sleep at safe points (auto-converge). 0..99. */
   setThrottle(percent: number): void;
   /** Stops and joins the vCPU threads; memory stays readable until `destroy`. */

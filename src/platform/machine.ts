@@ -73,6 +73,19 @@ class Vcpu implements VcpuHandle {
     this.install(vmsa);
   }
 
+  saveState(): Uint8Array {
+    this.guard('save state');
+    if (this.state === 'running') throw new PlatformError('vcpu-state', `vCPU ${this.index} is running: pause it first`);
+    return new Uint8Array(this.vmsa).slice();
+  }
+
+  restoreState(vmsa: Uint8Array): void {
+    this.guard('restore state');
+    if (this.state === 'running') throw new PlatformError('vcpu-state', `vCPU ${this.index} is running: pause it first`);
+    if (vmsa.byteLength !== VMSA_BYTES) throw new PlatformError('bad-config', `a VMSA is ${VMSA_BYTES} bytes, got ${vmsa.byteLength}`);
+    new Uint8Array(this.vmsa).set(vmsa);
+  }
+
   install(vmsa: Uint8Array): void {
     if (vmsa.byteLength !== VMSA_BYTES) throw new PlatformError('bad-config', `a VMSA is ${VMSA_BYTES} bytes, got ${vmsa.byteLength}`);
     if (this.worker) throw new PlatformError('vcpu-state', `vCPU ${this.index} already started`);
@@ -193,14 +206,19 @@ export class Machine implements HostMachine {
     });
   }
 
-  async pause(timeoutMs = 5000): Promise<void> {
-    for (const v of this.vcpus) {
+  async pause(timeoutMs = 5000, which?: readonly number[]): Promise<void> {
+    const targets = which === undefined ? this.vcpus : which.map((i) => {
+      const v = this.vcpus[i];
+      if (!v) throw new PlatformError('bad-config', `no vCPU ${i}`);
+      return v;
+    });
+    for (const v of targets) {
       if (Atomics.load(v.ctl, Ctl.REQ) !== Req.SHUTDOWN) Atomics.store(v.ctl, Ctl.REQ, Req.PAUSE);
       Atomics.notify(v.ctl, Ctl.REQ);
     }
     if (!this.started) return;
     const deadline = Date.now() + timeoutMs;
-    for (const v of this.vcpus) {
+    for (const v of targets) {
       for (;;) {
         const s = Atomics.load(v.ctl, Ctl.STATE);
         if (s === VState.PAUSED || s === VState.HALTED || s === VState.FAILED || v.worker === null) break;

@@ -176,3 +176,33 @@ test('LAUNCH_MEASURE over QMP is the 48-byte blob and stays the same', async () 
     await rig.close();
   }
 });
+
+test('vCPU state: saved and restored only while paused, never under SEV-ES; a subset of vCPUs can be paused', async () => {
+  const rig = await startRig();
+  try {
+    await launch(rig);
+    const m = rig.vmm.current!.machine;
+    await waitFor('vCPUs running', 5000, () => (m.vcpus.every((v) => v.state === 'running') ? true : undefined));
+    assert.throws(() => m.vcpus[0]!.saveState(), { kind: 'vcpu-state' });
+    await m.pause(5000, [1]);
+    assert.equal(m.vcpus[1]!.state, 'paused');
+    assert.equal(m.vcpus[0]!.state, 'running');
+    const saved = m.vcpus[1]!.saveState();
+    assert.equal(saved.byteLength, 4096);
+    m.vcpus[1]!.restoreState(saved);
+    await m.run();
+    await waitFor('vCPU 1 running again', 5000, () => (m.vcpus[1]!.state === 'running' ? true : undefined));
+  } finally {
+    await rig.close();
+  }
+  const es = await startRig();
+  try {
+    await launch(es, { sevType: 'sev-es' });
+    const m = es.vmm.current!.machine;
+    await m.pause();
+    assert.throws(() => m.vcpus[0]!.saveState(), { kind: 'vmsa-protected' });
+    assert.throws(() => m.vcpus[0]!.restoreState(new Uint8Array(4096)), { kind: 'vmsa-protected' });
+  } finally {
+    await es.close();
+  }
+});
