@@ -1,17 +1,32 @@
 /**
  * The VMM behind the QMP server: turns validated QMP actions into VMM calls and VMM happenings
- * into QMP events. Migration commands keep QEMU's parameter and capability bookkeeping; the
- * migration engine itself arrives with the live-migration work and until then `migrate` and
- * `migrate-incoming` answer with a clear GenericError.
+ * into QMP events. Migration: QEMU's parameter and capability bookkeeping, `migrate` (source, one
+ * OutgoingMigration at a time), `migrate-incoming` (target), `migrate_cancel`, `query-migrate`
+ * (src/host/migration/session.ts does the work; docs/migration.md "Plain migration").
  */
 import { readFileSync } from 'node:fs';
 import { b64 } from '../protocol/bytes.js';
 import { QmpError } from '../protocol/qmp.js';
 import { dispatchAction, type BackendAction, type QmpBackend, type QmpBackendEvent, type SevInfo, type StatusInfo } from './qmp/backend.js';
 import type { GateView, RunStateName } from './qmp/gate.js';
-import type { MigrationCapabilityName, VmCreateArgs } from './qmp/actions.js';
+import type { MigrateUri, MigrationCapabilityName, VmCreateArgs } from './qmp/actions.js';
 import { MIGRATION_CAPABILITIES } from './qmp/actions.js';
 import { Vmm, VmmError } from './vmm.js';
+import { migrationIsRunning, type MigrationStatusName } from './qmp/gate.js';
+import type { JsonValue } from '../protocol/qmp.js';
+import { startIncoming, startOutgoing, type IncomingMigration, type OutgoingMigration } from './migration/session.js';
+import type { PrecopyParams } from './migration/precopy.js';
+
+/** Page movers (x-sevmig-mover): 'plain' for non-confidential guests; 'mh' (sealed records) comes next. */
+export const PAGE_MOVERS = ['plain', 'mh'] as const;
+export type PageMoverName = (typeof PAGE_MOVERS)[number];
+
+/** Vendor migration parameters: validation per name (anything else is "unexpected"). */
+const EXTENSION_PARAMETERS: Record<string, (v: JsonValue) => string | null> = {
+  'x-sevmig-mover': (v) => (typeof v === 'string' && (PAGE_MOVERS as readonly string[]).includes(v) ? null : `one of ${PAGE_MOVERS.map((m) => `'${m}'`).join(', ')}`),
+};
+
+const PRECOPY_PARAM_NAMES = ['downtime-limit', 'max-bandwidth', 'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'cpu-throttle-tailslow', 'max-cpu-throttle'] as const;
 
 /** QEMU 7.2's defaults for the parameters sevmig honours (qapi/migration.json). */
 const DEFAULT_PARAMETERS = {
@@ -33,9 +48,16 @@ export interface VmmBackendOptions {
 
 export class VmmBackend implements QmpBackend {
   private readonly listeners = new Set<(e: QmpBackendEvent) => void>();
-  private readonly parameters: Record<string, number | boolean> = { ...DEFAULT_PARAMETERS };
+  private readonly parameters: Record<string, JsonValue> = { ...DEFAULT_PARAMETERS, 'x-sevmig-mover': 'plain' };
   private readonly capabilities = new Map<MigrationCapabilityName, boolean>(MIGRATION_CAPABILITIES.map((c) => [c, false]));
   private incoming = false;
+  /** QEMU's autostart: a target runs once the migration completes unless `stop` was issued in inmigrate. */
+  private autostart = true;
+  private lastCreate: VmCreateArgs | null = null;
+  private outgoing: OutgoingMigration | null = null;
+  private incomingMig: IncomingMigration | null = null;
+  /** Capabilities sevmig implements; enabling any other is refused. */
+  private static readonly SUPPORTED_CAPS: readonly MigrationCapabilityName[] = ['auto-converge', 'events', 'multifd'];
 
   constructor(readonly vmm: Vmm, private readonly opts: VmmBackendOptions) {
     vmm.on('event', (name: string, data: unknown) => {
@@ -64,8 +86,93 @@ export class VmmBackend implements QmpBackend {
       vm: vm !== null,
       runState: this.runState(),
       sevState: vm && vm.handle !== null ? this.vmm.sev : null,
-      migration: 'none',
+      migration: this.migrationStatus(),
     };
+  }
+
+  private migrationStatus(): MigrationStatusName {
+    if (this.outgoing) return this.outgoing.status();
+    if (this.incomingMig) return this.incomingMig.status();
+    return 'none';
+  }
+
+  private cap(c: MigrationCapabilityName): boolean {
+    return this.capabilities.get(c) ?? false;
+  }
+
+  private pageChannels(): number {
+    return this.cap('multifd') ? (this.parameters['multifd-channels'] as number) : 1;
+  }
+
+  private precopyParams(): PrecopyParams {
+    const p = {} as Record<string, unknown>;
+    for (const k of PRECOPY_PARAM_NAMES) p[k] = this.parameters[k];
+    return p as unknown as PrecopyParams;
+  }
+
+  private migrate(uri: MigrateUri): void {
+    const vm = this.vmm.current;
+    if (!vm) throw new QmpError('GenericError', 'migrate needs a VM');
+    const mover = this.parameters['x-sevmig-mover'] as PageMoverName;
+    if (mover === 'plain' && vm.options.sevType !== 'none') {
+      throw new QmpError('GenericError', `The 'plain' page mover cannot migrate a '${vm.options.sevType}' guest: its pages are ciphertext bound to this host's PSP (set x-sevmig-mover 'mh')`);
+    }
+    if (mover === 'mh') throw new QmpError('GenericError', "The 'mh' page mover is not available in this build of sevmig yet");
+    const log = this.opts.log;
+    const mig = startOutgoing(
+      {
+        uri,
+        pageChannels: this.pageChannels(),
+        multifd: this.cap('multifd'),
+        mover,
+        params: this.precopyParams(),
+        capabilities: { 'auto-converge': this.cap('auto-converge'), events: this.cap('events') },
+      },
+      {
+        machine: vm.machine,
+        stopVm: () => this.vmm.stopForMigration(),
+        resumeVm: () => this.vmm.resumeAfterMigration(),
+        emit: (e) => this.emit(e),
+        ...(log ? { log } : {}),
+      },
+    );
+    this.outgoing = mig;
+    void mig.done.then(async (r) => {
+      if (r.status === 'completed') {
+        await this.vmm.finishOutgoing().catch((e: unknown) => log?.(`after migration: ${e instanceof Error ? e.message : String(e)}`));
+      } else if (this.vmm.runState === 'finish-migrate') {
+        // The driver resumes a stopped source; make sure nothing is left half-way.
+        await this.vmm.resumeAfterMigration().catch(() => undefined);
+      }
+    });
+  }
+
+  private async migrateIncoming(uri: MigrateUri): Promise<void> {
+    const vm = this.vmm.current;
+    if (!vm) throw new QmpError('GenericError', 'migrate-incoming needs a VM');
+    if (vm.options.sevType !== 'none') throw new QmpError('GenericError', `Incoming migration of a '${vm.options.sevType}' guest needs the 'mh' page mover, not available in this build of sevmig yet`);
+    const log = this.opts.log;
+    try {
+      this.incomingMig = await startIncoming(
+        { uri, pageChannels: this.pageChannels(), events: this.cap('events') },
+        {
+          machine: vm.machine,
+          finish: async (states) => {
+            await this.vmm.finishIncoming(states, this.autostart);
+            this.incoming = false;
+          },
+          discard: async () => {
+            await this.vmm.discardVm();
+            const args = this.lastCreate;
+            if (args) this.create(args);
+          },
+          emit: (e) => this.emit(e),
+          ...(log ? { log } : {}),
+        },
+      );
+    } catch (e) {
+      throw new QmpError('GenericError', `Failed to listen on ${uri.transport === 'tcp' ? `${uri.host}:${uri.port}` : uri.path}: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
 
   execute(action: BackendAction): Promise<unknown> {
@@ -79,10 +186,18 @@ export class VmmBackend implements QmpBackend {
         return { running: status === 'running', singlestep: false, status };
       },
       stop: async () => {
+        if (this.runState() === 'inmigrate') {
+          this.autostart = false;
+          return {};
+        }
         await this.wrap(() => this.vmm.stop());
         return {};
       },
       cont: async () => {
+        if (this.runState() === 'inmigrate') {
+          this.autostart = true; // QEMU: cont during an incoming migration runs the guest once it arrives
+          return {};
+        }
         await this.wrap(() => this.vmm.cont());
         return {};
       },
@@ -109,22 +224,46 @@ export class VmmBackend implements QmpBackend {
         await this.wrap(() => this.vmm.injectLaunchSecret(a.packetHeader, a.secret, a.gpa));
         return {};
       },
-      migrate: async () => {
-        throw new QmpError('GenericError', 'live migration is not available in this build of sevmig yet');
+      migrate: async (a) => {
+        this.migrate(a.uri);
+        return {};
       },
-      'migrate-incoming': async () => {
-        throw new QmpError('GenericError', 'incoming migration is not available in this build of sevmig yet');
+      'migrate-incoming': async (a) => {
+        await this.migrateIncoming(a.uri);
+        return {};
       },
-      migrate_cancel: async () => ({}),
-      'query-migrate': async () => ({}),
+      migrate_cancel: async () => {
+        this.outgoing?.cancel();
+        this.incomingMig?.cancel();
+        return {};
+      },
+      'query-migrate': async () => (this.outgoing ? this.outgoing.info() : this.incomingMig ? this.incomingMig.info() : {}),
       'migrate-set-parameters': async (a) => {
-        const unknown = Object.keys(a.params.extensions);
-        if (unknown.length > 0) throw new QmpError('GenericError', `Parameter '${unknown[0]}' is unexpected`);
-        for (const [k, v] of Object.entries(a.params)) if (k !== 'extensions' && v !== undefined) this.parameters[k] = v as number | boolean;
+        for (const [k, v] of Object.entries(a.params.extensions)) {
+          const check = EXTENSION_PARAMETERS[k];
+          if (!check) throw new QmpError('GenericError', `Parameter '${k}' is unexpected`);
+          const want = check(v);
+          if (want !== null) throw new QmpError('GenericError', `Parameter '${k}' expects ${want}`);
+        }
+        if (a.params.extensions['x-sevmig-mover'] !== undefined && this.outgoing && migrationIsRunning(this.outgoing.status())) {
+          throw new QmpError('GenericError', "Parameter 'x-sevmig-mover' cannot change during a migration");
+        }
+        const changes: Record<string, number | boolean> = {};
+        for (const [k, v] of Object.entries(a.params)) if (k !== 'extensions' && v !== undefined) changes[k] = v as number | boolean;
+        Object.assign(this.parameters, changes, a.params.extensions);
+        // QEMU applies the rate limit and downtime at once to a running migration.
+        if (this.outgoing && migrationIsRunning(this.outgoing.status())) {
+          const p: Partial<PrecopyParams> = {};
+          for (const k of PRECOPY_PARAM_NAMES) if (changes[k] !== undefined) (p as Record<string, unknown>)[k] = changes[k];
+          if (Object.keys(p).length > 0) this.outgoing.setParameters(p);
+        }
         return {};
       },
       'query-migrate-parameters': async () => ({ ...this.parameters }),
       'migrate-set-capabilities': async (a) => {
+        for (const c of a.capabilities) {
+          if (c.state && !VmmBackend.SUPPORTED_CAPS.includes(c.capability)) throw new QmpError('GenericError', `Migration capability '${c.capability}' is not supported by this host`);
+        }
         for (const c of a.capabilities) this.capabilities.set(c.capability, c.state);
         return {};
       },
@@ -136,6 +275,10 @@ export class VmmBackend implements QmpBackend {
       '__com.sevmig_guest-console': async (a) => {
         const { lines } = this.vmm.consoleLines();
         return { lines: a.maxLines !== undefined ? lines.slice(-a.maxLines) : lines };
+      },
+      '__com.sevmig_guest-fw-cfg': async (a) => {
+        this.wrapSync(() => this.vmm.setGuestFwCfg(a.name, a.data));
+        return {};
       },
     });
   }
@@ -162,9 +305,11 @@ export class VmmBackend implements QmpBackend {
         ...(a.dhCert ? { dhCert: a.dhCert } : {}),
         ...(a.session ? { session: a.session } : {}),
         ...(a.cmdline !== undefined ? { cmdline: a.cmdline } : {}),
+        incoming: a.incoming,
       }),
     );
     this.incoming = a.incoming;
+    this.lastCreate = a;
   }
 
   private async wrap<T>(fn: () => T | Promise<T>): Promise<T> {

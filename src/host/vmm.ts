@@ -42,6 +42,11 @@ export interface VmCreateOptions {
   kernelHashes?: boolean;
   /** vCPU model signature for the VMSA (CPUID(1).EAX); default EPYC-Milan. */
   cpuSignature?: number;
+  /**
+   * Target of an incoming migration: a non-confidential target loads nothing (every page and
+   * every vCPU state arrives with the migration) and runs nothing until it completes.
+   */
+  incoming?: boolean;
 }
 
 export type VmmErrorKind = 'no-vm' | 'vm-exists' | 'bad-state' | 'bad-firmware' | 'psp' | 'platform' | 'bad-argument';
@@ -133,9 +138,11 @@ export class Vmm extends EventEmitter {
       const vmsa = buildResetVmsa({ bsp: false, resetAddr: image.resetAddr, cpuSignature: o.cpuSignature ?? cpuSignature(25, 1, 1) });
       const hashTable = o.kernelHashes ? kernelHashTable({ kernel: new Uint8Array(0), initrd: new Uint8Array(0), cmdline: o.cmdline ?? '' }) : null;
       if (o.sevType === 'none') {
-        loadPlain(machine, image.loadGpa, o.firmware);
-        if (hashTable && image.hashes) loadPlain(machine, image.hashes.base, hashTable);
-        for (const v of machine.vcpus) v.setResetState(vmsa);
+        if (!o.incoming) {
+          loadPlain(machine, image.loadGpa, o.firmware);
+          if (hashTable && image.hashes) loadPlain(machine, image.hashes.base, hashTable);
+          for (const v of machine.vcpus) v.setResetState(vmsa);
+        }
       } else {
         const h = this.psp('LAUNCH_START', () => psp.launchStart({
           policy: o.policy,
@@ -238,6 +245,71 @@ export class Vmm extends EventEmitter {
     await vm.machine.pause();
     this.state = 'paused';
     this.emit('event', 'STOP', {});
+  }
+
+  // ----- migration (QEMU's run states: finish-migrate, postmigrate; inmigrate → running)
+
+  private wasRunning = false;
+
+  /** Source, switch-over: vm_stop_force_state(finish-migrate); STOP only if the vCPUs ran. */
+  async stopForMigration(timeoutMs?: number): Promise<void> {
+    const vm = this.need();
+    this.wasRunning = this.state === 'running';
+    if (this.state !== 'running' && this.state !== 'paused') throw new VmmError('bad-state', `cannot stop for migration in state ${this.state}`);
+    if (this.wasRunning) await vm.machine.pause(timeoutMs);
+    this.state = 'finish-migrate';
+    if (this.wasRunning) this.emit('event', 'STOP', {});
+  }
+
+  /** Source, after a cancelled or failed switch-over: back to what it was (running or paused). */
+  async resumeAfterMigration(): Promise<void> {
+    const vm = this.need();
+    if (this.state !== 'finish-migrate') return;
+    if (this.wasRunning) {
+      await vm.machine.run();
+      this.state = 'running';
+      this.emit('event', 'RESUME', {});
+    } else this.state = 'paused';
+  }
+
+  /** Source, completed: the guest lives on the target now; its vCPU threads end here for good. */
+  async finishOutgoing(): Promise<void> {
+    const vm = this.need();
+    this.state = 'postmigrate';
+    vm.machine.setThrottle(0);
+    await vm.machine.shutdown();
+  }
+
+  /** Target, completed: install the vCPU states, then run (autostart) or stay paused. */
+  async finishIncoming(vcpuStates: readonly Uint8Array[], autostart: boolean): Promise<void> {
+    const vm = this.need();
+    if (vcpuStates.length !== vm.machine.vcpus.length) throw new VmmError('bad-argument', `${vcpuStates.length} vCPU states for ${vm.machine.vcpus.length} vCPUs`);
+    this.psp('restore vCPU state', () => {
+      for (const [i, v] of vm.machine.vcpus.entries()) v.restoreState(vcpuStates[i] as Uint8Array);
+    });
+    if (autostart) {
+      await vm.machine.run();
+      this.state = 'running';
+      this.emit('event', 'RESUME', {});
+    } else this.state = 'paused';
+  }
+
+  /** Throws the VM away without a SHUTDOWN event (a failed incoming migration). */
+  async discardVm(): Promise<void> {
+    const vm = this.vm;
+    this.unsubscribe?.();
+    this.unsubscribe = null;
+    this.vm = null;
+    this.measureBlob = null;
+    this.sevState = 'uninit';
+    this.state = 'prelaunch';
+    if (vm) {
+      await vm.machine.destroy();
+      if (vm.handle !== null) {
+        const h = vm.handle;
+        try { this.platform.psp.decommission(h); } catch { /* the context may already be gone */ }
+      }
+    }
   }
 
   consoleLines(since = 0): { lines: string[]; next: number } {

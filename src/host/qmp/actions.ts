@@ -99,7 +99,8 @@ export type QmpAction =
   | { kind: 'query-migrate-capabilities' }
   // vendor extensions
   | ({ kind: '__com.sevmig_vm-create' } & VmCreateArgs)
-  | { kind: '__com.sevmig_guest-console'; maxLines?: number };
+  | { kind: '__com.sevmig_guest-console'; maxLines?: number }
+  | { kind: '__com.sevmig_guest-fw-cfg'; name: string; data: Uint8Array };
 
 export type QmpCommandName = QmpAction['kind'];
 export type ActionOf<K extends QmpCommandName> = Extract<QmpAction, { kind: K }>;
@@ -164,7 +165,21 @@ const PARSERS: Parsers = {
     if (n !== undefined && (n < 1 || n > 10000)) throw r.invalid('max-lines', 'an integer in the range of 1 to 10000');
     return n === undefined ? { kind: '__com.sevmig_guest-console' } : { kind: '__com.sevmig_guest-console', maxLines: n };
   },
+  '__com.sevmig_guest-fw-cfg': (r) => {
+    const name = r.str('name');
+    // QEMU's -fw_cfg rules: user items live under opt/, names fit FW_CFG_MAX_FILE_PATH (56 with the NUL).
+    if (!/^opt\/[\x21-\x7e]{1,51}$/.test(name)) throw r.invalid('name', "a name of 5 to 55 printable characters starting with 'opt/'");
+    const text = r.optStr('string');
+    const data = base64Arg(r, 'data', true);
+    if ((text === undefined) === (data === undefined)) throw argError("Exactly one of the parameters 'string' and 'data' is needed");
+    const bytes = data ?? new TextEncoder().encode(text);
+    if (bytes.byteLength > MAX_FW_CFG_BYTES) throw argError(`fw_cfg item of ${bytes.byteLength} bytes exceeds ${MAX_FW_CFG_BYTES}`);
+    return { kind: '__com.sevmig_guest-fw-cfg', name, data: bytes };
+  },
 };
+
+/** Largest fw_cfg item a client may set over QMP. */
+const MAX_FW_CFG_BYTES = 65536;
 
 /** Every command name, in a stable order (the reply to query-commands). */
 export const QMP_COMMANDS: readonly QmpCommandName[] = Object.keys(PARSERS) as QmpCommandName[];

@@ -44,6 +44,8 @@ export type MigrationInfo = {
   'setup-time'?: number;
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
+  /** Incoming side: where the target listens (QEMU's SocketAddress; `port` is a string there). */
+  'socket-address'?: Record<string, string>[];
   [vendor: `x-sevmig-${string}`]: unknown;
 };
 /** __com.sevmig_guest-console → the most recent serial lines, oldest first. */
@@ -101,6 +103,7 @@ export function dispatchAction(action: BackendAction, h: BackendHandlers): Promi
     case 'query-migrate-capabilities': return h['query-migrate-capabilities'](action);
     case '__com.sevmig_vm-create': return h['__com.sevmig_vm-create'](action);
     case '__com.sevmig_guest-console': return h['__com.sevmig_guest-console'](action);
+    case '__com.sevmig_guest-fw-cfg': return h['__com.sevmig_guest-fw-cfg'](action);
     default: return assertNever(action);
   }
 }

@@ -73,6 +73,7 @@ export function gate(action: QmpAction, v: GateView): QmpError | null {
 
     case 'stop':
     case '__com.sevmig_guest-console':
+    case '__com.sevmig_guest-fw-cfg':
       return needVm(v, action.kind);
 
     case 'cont': {
@@ -116,7 +117,10 @@ export function gate(action: QmpAction, v: GateView): QmpError | null {
       if (v.runState !== 'inmigrate') {
         return deny(`'-incoming' was not specified on the command line (run state '${v.runState}'; create the VM with incoming: true)`);
       }
-      if (v.migration !== 'none') return deny(`The incoming migration has already been started (migration status '${v.migration}')`);
+      // After a failed incoming migration the target is back to a clean VM and may listen again.
+      if (migrationIsRunning(v.migration) || v.migration === 'completed') {
+        return deny(`The incoming migration has already been started (migration status '${v.migration}')`);
+      }
       return null;
     }
 

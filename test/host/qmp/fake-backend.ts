@@ -72,6 +72,7 @@ export class FakeBackend implements QmpBackend {
         this.view = { vm: true, runState: x.incoming ? 'inmigrate' : 'prelaunch', sevState: x.sevType === 'none' ? null : 'launch-secret', migration: 'none' };
       },
       '__com.sevmig_guest-console': async (x) => ({ lines: ['boot', 'ok'].slice(0, x.maxLines ?? 100) }),
+      '__com.sevmig_guest-fw-cfg': async () => ({}),
     });
   }
 }

@@ -1,0 +1,100 @@
+/**
+ * Page movers (DESIGN.md §3.3): how the pre-copy driver's batches of page frames become bytes on
+ * the page channels and pages in the target's memory. One interface; `plain` (here) moves a
+ * non-confidential guest's plaintext pages as they are, the upper bound the confidential movers
+ * are compared with; `mh` (the Migration Handler's sealed records) plugs in beside it.
+ *
+ * Ordering: the driver drains its batches before every dirty sync, but two batches of one pass may
+ * be in flight on different channels, and a page sent in pass n and again in pass n+1 must land
+ * in that order. Each page always travels on the same channel (chosen by its frame number, in runs
+ * of ROUTE_PAGES), and a channel is one ordered TCP stream, so the newest copy is always applied
+ * last without any sequence numbers.
+ */
+import { PAGE_SIZE, gfn, type Gfn, type HostMemory } from '../../platform/host-face.js';
+import { FRAME_HEADER_SIZE, FrameKind } from '../../protocol/stream.js';
+import type { Channel } from './transport.js';
+import type { SendResult } from './precopy-driver.js';
+import { MAX_BATCH_PAGES, decodeBatch, encodeBatch, type MoverName } from './plain-wire.js';
+
+/** Pages per routing run: a bulk-stage batch of 512 consecutive pages goes whole to one channel. */
+export const ROUTE_PAGES = 512;
+
+export function routeOf(g: number, channels: number): number {
+  return Math.floor(g / ROUTE_PAGES) % channels;
+}
+
+export type MoverErrorKind = 'unsupported' | 'aborted';
+
+export class MoverError extends Error {
+  override readonly name = 'MoverError';
+  constructor(readonly kind: MoverErrorKind, message: string) {
+    super(message);
+  }
+}
+
+/** The source half of a page mover. */
+export interface SourcePageMover {
+  readonly name: MoverName;
+  /** Sends these pages (ascending, each once) over the page channels; resolves once written. */
+  sendPages(gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult>;
+}
+
+/** The target half: applies one page-channel frame to guest memory. */
+export interface TargetPageMover {
+  readonly name: MoverName;
+  /** Pages written so far. */
+  readonly pagesApplied: number;
+  apply(kind: number, payload: Uint8Array): void;
+}
+
+export class PlainSourceMover implements SourcePageMover {
+  readonly name = 'plain' as const;
+
+  constructor(private readonly memory: HostMemory, private readonly channels: readonly Channel[]) {
+    if (channels.length < 1) throw new MoverError('unsupported', 'the plain mover needs at least one page channel');
+  }
+
+  async sendPages(gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> {
+    if (signal.aborted) throw new MoverError('aborted', 'migration cancelled before sending pages');
+    const n = this.channels.length;
+    const groups: number[][] = Array.from({ length: n }, () => []);
+    for (const g of gfns) (groups[routeOf(g, n)] as number[]).push(g);
+    const sends: Promise<{ bytes: number; zero: number }>[] = [];
+    for (let c = 0; c < n; c++) {
+      const list = groups[c] as number[];
+      const ch = this.channels[c] as Channel;
+      for (let i = 0; i < list.length; i += MAX_BATCH_PAGES) {
+        const part = list.slice(i, i + MAX_BATCH_PAGES);
+        const { payload, zero } = encodeBatch(part, (g, dst) => void this.memory.readPage(gfn(g), dst));
+        sends.push(ch.send(FrameKind.SharedPages, payload).then(() => ({ bytes: FRAME_HEADER_SIZE + payload.byteLength, zero })));
+      }
+    }
+    const done = await Promise.all(sends);
+    let bytes = 0;
+    let duplicate = 0;
+    for (const d of done) {
+      bytes += d.bytes;
+      duplicate += d.zero;
+    }
+    return { bytes, duplicate };
+  }
+}
+
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+export class PlainTargetMover implements TargetPageMover {
+  readonly name = 'plain' as const;
+  pagesApplied = 0;
+
+  constructor(private readonly memory: HostMemory) {}
+
+  apply(kind: number, payload: Uint8Array): void {
+    if (kind !== FrameKind.SharedPages) throw new MoverError('unsupported', `the plain mover receives page batches, not frame kind ${kind}`);
+    const b = decodeBatch(payload, this.memory.pageCount);
+    for (let i = 0; i < b.count; i++) {
+      const off = b.offsets[i] as number;
+      this.memory.writePage(gfn(b.gfns[i] as number), off < 0 ? ZERO_PAGE : payload.subarray(off, off + PAGE_SIZE));
+    }
+    this.pagesApplied += b.count;
+  }
+}

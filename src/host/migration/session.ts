@@ -1,0 +1,458 @@
+/**
+ * One migration, source and target side, over the transport (transport.ts) and the pre-copy
+ * driver (precopy-driver.ts), with a page mover (plain-mover.ts). The VMM's run-state changes stay
+ * with the caller, behind the `stopVm` / `resumeVm` / `finish` / `discard` hooks.
+ *
+ * Source (`startOutgoing`):
+ *   setup   connect 1 + N channels, SETUP ⇄ SETUP_OK (the target checks memory, vCPUs, mover,
+ *           channel count); this happens inside the driver's first dirty sync, so `setup-time`
+ *           includes it, as in QEMU
+ *   active  the driver's batches go through the mover on the page channels
+ *   device  stop-vm; the last dirty pages; EOS on every page channel; each vCPU's state page as
+ *           DEVICE_STATE on main; COMPLETE; wait for the target's COMMITTED
+ *   end     completed: the caller marks the source postmigrate. Cancelled or failed: CANCEL on
+ *           main (best effort), every channel closed; the driver has resumed the VM if it stopped it
+ *
+ * Target (`startIncoming`): listen; accept one channel set; SETUP; apply page batches from the
+ * page channels until each one's EOS while main collects device state until COMPLETE; then
+ * `finish(vcpuStates)` (restore, run), COMMITTED back. Anything else (a close, a protocol error,
+ * CANCEL, migrate_cancel) fails the incoming migration and `discard()`s the VM.
+ *
+ * Once COMPLETE has gone out, the source no longer honours a cancel: the target may already have
+ * committed, and running both copies would be worse than finishing (the driver reports completed
+ * if sendFinal resolves).
+ */
+import { PAGE_SIZE, type Gfn, type HostMachine } from '../../platform/host-face.js';
+import { FrameKind } from '../../protocol/stream.js';
+import type { MigrateUri } from '../qmp/actions.js';
+import type { MigrationInfo } from '../qmp/backend.js';
+import type { MigrationStatusName } from '../qmp/gate.js';
+import { closeChannels, connectOutgoing, listenIncoming, TransportError, type Channel, type Channels, type IncomingListener, type SocketAddress } from './transport.js';
+import { runPrecopy, type PrecopyEmitted, type PrecopyHandle, type PrecopyResult, type SendResult } from './precopy-driver.js';
+import type { PrecopyCapabilities, PrecopyParams } from './precopy.js';
+import { PlainSourceMover, PlainTargetMover, type SourcePageMover, type TargetPageMover } from './plain-mover.js';
+import { WIRE_VERSION, decodeControl, decodeDeviceState, encodeControl, encodeDeviceState, type ControlMessage, type MoverName } from './plain-wire.js';
+
+export type SessionErrorKind = 'refused' | 'protocol' | 'cancelled' | 'timeout' | 'mismatch';
+
+export class SessionError extends Error {
+  override readonly name = 'SessionError';
+  constructor(readonly kind: SessionErrorKind, message: string) {
+    super(message);
+  }
+}
+
+export const SETUP_TIMEOUT_MS = 30_000;
+/** How long a target listens for the source (QEMU waits forever; sevmig bounds every wait). */
+export const DEFAULT_ACCEPT_TIMEOUT_MS = 600_000;
+
+// ---------------------------------------------------------------------------------------------
+// Control messages on the main channel
+
+/** Reads control frames from `ch` in the background and hands them to whoever waits for one. */
+class ControlInbox {
+  private readonly queue: ControlMessage[] = [];
+  private waiter: { resolve: (m: ControlMessage) => void; reject: (e: Error) => void } | null = null;
+  private err: Error | null = null;
+
+  constructor(private readonly ch: Channel) {
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      for (;;) {
+        const f = await this.ch.next();
+        if (f === null) throw new SessionError('protocol', 'the peer ended the main channel');
+        if (f.kind === FrameKind.Control) this.push(decodeControl(f.payload));
+        else throw new SessionError('protocol', `unexpected frame kind ${f.kind} on the main channel`);
+      }
+    } catch (e) {
+      this.fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private push(m: ControlMessage): void {
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.resolve(m);
+    } else this.queue.push(m);
+  }
+
+  fail(e: Error): void {
+    if (this.err) return;
+    this.err = e;
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(e);
+  }
+
+  get error(): Error | null {
+    return this.err;
+  }
+
+  /** The next control message, within `ms`. */
+  next(ms: number, what: string): Promise<ControlMessage> {
+    const m = this.queue.shift();
+    if (m) return Promise.resolve(m);
+    if (this.err) return Promise.reject(this.err);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.waiter = null;
+        reject(new SessionError('timeout', `no ${what} from the peer within ${ms} ms`));
+      }, ms);
+      this.waiter = {
+        resolve: (v) => { clearTimeout(t); resolve(v); },
+        reject: (e) => { clearTimeout(t); reject(e); },
+      };
+    });
+  }
+}
+
+function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Source
+
+export interface OutgoingOptions {
+  uri: MigrateUri;
+  /** Page channels (multifd-channels with capability multifd, else 1). */
+  pageChannels: number;
+  /** Reported as ram.multifd-bytes when on. */
+  multifd: boolean;
+  mover: MoverName;
+  params: PrecopyParams;
+  capabilities: PrecopyCapabilities;
+  /** Bounds connect + hellos + SETUP_OK, and each send's wait for a peer that stopped reading. */
+  connectTimeoutMs?: number;
+  /** Pre-copy engine: pages per batch (default 512) and batches in flight (default 2 per channel). */
+  batchPages?: number;
+  maxInFlight?: number;
+  /** Stop-and-copy bound (default the driver's 120 s). */
+  finalTimeoutMs?: number;
+}
+
+export interface OutgoingHooks {
+  machine: HostMachine;
+  /** vm_stop(finish-migrate): pause the vCPUs (STOP when they were running). */
+  stopVm(): Promise<void>;
+  /** After a cancel/failure that came after stopVm: run again if the VM ran before. */
+  resumeVm(): Promise<void>;
+  emit(e: PrecopyEmitted): void;
+  log?(line: string): void;
+}
+
+export interface OutgoingMigration {
+  info(): MigrationInfo;
+  status(): MigrationStatusName;
+  cancel(): void;
+  setParameters(p: Partial<PrecopyParams>): void;
+  readonly done: Promise<PrecopyResult>;
+}
+
+export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): OutgoingMigration {
+  const { machine } = hooks;
+  const connectMs = opts.connectTimeoutMs ?? SETUP_TIMEOUT_MS;
+  const ac = new AbortController();
+  let chans: Channels | null = null;
+  let inbox: ControlInbox | null = null;
+  let mover: SourcePageMover | null = null;
+  let completeSent = false;
+
+  const aborted = new Promise<never>((_, reject) => {
+    ac.signal.addEventListener('abort', () => reject(new SessionError('cancelled', 'migration cancelled while connecting')), { once: true });
+  });
+  aborted.catch(() => undefined);
+
+  const connect = async (): Promise<void> => {
+    if (opts.mover !== 'plain') throw new SessionError('refused', `page mover '${opts.mover}' is not available on this host`);
+    const pending = connectOutgoing(opts.uri, { channels: opts.pageChannels, timeoutMs: connectMs });
+    // A connection that completes after a cancel is closed at once.
+    pending.then((c) => { if (ac.signal.aborted) closeChannels(c); }, () => undefined);
+    const c = await Promise.race([pending, aborted]);
+    chans = c;
+    inbox = new ControlInbox(c.main);
+    await c.main.send(FrameKind.Control, encodeControl({
+      type: 'setup', version: WIRE_VERSION, memoryBytes: machine.config.memoryBytes, vcpus: machine.config.vcpus, mover: opts.mover, pageChannels: opts.pageChannels,
+    }));
+    const reply = await Promise.race([inbox.next(connectMs, 'SETUP_OK'), aborted]);
+    if (reply.type === 'error') throw new SessionError('refused', `the target refused the migration: ${reply.reason}`);
+    if (reply.type !== 'setup-ok') throw new SessionError('protocol', `expected SETUP_OK from the target, got ${reply.type}`);
+    mover = new PlainSourceMover(machine.memory, c.pages);
+  };
+  let connecting: Promise<void> | null = null;
+
+  const needMover = (): SourcePageMover => {
+    const e = inbox?.error;
+    if (e) throw new SessionError('protocol', `main channel: ${e.message}`);
+    if (!mover) throw new SessionError('protocol', 'no channel to the target');
+    return mover;
+  };
+
+  const sendFinal = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
+    const m = needMover();
+    const c = chans as Channels;
+    const ib = inbox as ControlInbox;
+    let bytes = 0;
+    let duplicate = 0;
+    if (gfns.length > 0) {
+      const r = await m.sendPages(gfns, signal);
+      bytes += r.bytes;
+      duplicate += r.duplicate ?? 0;
+    }
+    await Promise.all(c.pages.map((p) => p.end()));
+    const states = machine.vcpus.map((v) => v.saveState());
+    const before = c.main.bytesSent;
+    for (const [i, s] of states.entries()) {
+      const d = encodeDeviceState(i, s);
+      await c.main.send(FrameKind.DeviceState, d.header, [d.data]);
+    }
+    if (signal.aborted) throw new SessionError('cancelled', 'migration cancelled before the switch-over');
+    completeSent = true;
+    await c.main.send(FrameKind.Control, encodeControl({ type: 'complete', deviceFrames: states.length }));
+    bytes += c.main.bytesSent - before;
+    const reply = await ib.next(opts.finalTimeoutMs ?? 110_000, 'COMMITTED');
+    if (reply.type === 'error') throw new SessionError('refused', `the target failed the migration: ${reply.reason}`);
+    if (reply.type !== 'committed') throw new SessionError('protocol', `expected COMMITTED from the target, got ${reply.type}`);
+    return { bytes, duplicate };
+  };
+
+  const handle: PrecopyHandle = runPrecopy({
+    pageCount: machine.memory.pageCount,
+    params: opts.params,
+    capabilities: opts.capabilities,
+    engine: { batchPages: opts.batchPages ?? 512, maxInFlight: opts.maxInFlight ?? 2 * opts.pageChannels },
+    timeouts: { syncMs: connectMs * 2 + 5_000, ...(opts.finalTimeoutMs !== undefined ? { finalMs: opts.finalTimeoutMs + 5_000 } : {}) },
+    migrationId: `to ${opts.uri.transport === 'tcp' ? `${opts.uri.host}:${opts.uri.port}` : opts.uri.path}`,
+    deps: {
+      syncDirty: async () => {
+        if (!connecting) connecting = connect();
+        await connecting;
+        return machine.memory.syncDirtyLog();
+      },
+      sendBatch: (gfns, signal) => needMover().sendPages(gfns, signal),
+      stopVm: () => hooks.stopVm(),
+      resumeVm: () => hooks.resumeVm(),
+      setThrottle: (p) => machine.setThrottle(p),
+      sendFinal,
+      now: () => performance.now(),
+      emit: (e) => hooks.emit(e),
+      ...(hooks.log ? { log: hooks.log } : {}),
+    },
+  });
+
+  const done = handle.done.then(async (r) => {
+    ac.abort();
+    const c = chans as Channels | null;
+    if (c) {
+      if (r.status === 'completed') {
+        await c.main.end().catch(() => undefined);
+      } else {
+        // Tell the target to discard its copy; a target that is gone already does not matter.
+        await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
+      }
+      closeChannels(c);
+    }
+    return r;
+  });
+
+  const multifdBytes = (): number => (chans && opts.multifd ? (chans as Channels).pages.reduce((n, p) => n + p.bytesSent, 0) : 0);
+  let final: MigrationInfo | null = null;
+  void done.then((r) => { final = r.info; });
+
+  return {
+    info: () => {
+      const i = final ?? handle.info();
+      if (i.ram) return { ...i, ram: { ...i.ram, 'multifd-bytes': multifdBytes() }, 'x-sevmig-mover': opts.mover };
+      return i.status ? { ...i, 'x-sevmig-mover': opts.mover } : i;
+    },
+    status: () => (final?.status ?? handle.status()) as MigrationStatusName,
+    cancel: () => {
+      handle.cancel();
+      if (!completeSent) ac.abort();
+    },
+    setParameters: (p) => handle.setParameters(p),
+    done,
+  };
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new SessionError('timeout', `not done within ${ms} ms`)), ms);
+    p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target
+
+export interface IncomingOptions {
+  uri: MigrateUri;
+  pageChannels: number;
+  /** Emit MIGRATION events (capability `events`). */
+  events: boolean;
+  acceptTimeoutMs?: number;
+  setupTimeoutMs?: number;
+}
+
+export interface IncomingHooks {
+  machine: HostMachine;
+  /** Restores the vCPU states and runs the guest (or leaves it paused without autostart). */
+  finish(vcpuStates: readonly Uint8Array[]): Promise<void>;
+  /** The incoming migration failed: throw the VM away and get back to a clean `inmigrate` VM. */
+  discard(reason: string): Promise<void>;
+  emit(e: { event: 'MIGRATION'; data: { status: MigrationStatusName } }): void;
+  log?(line: string): void;
+}
+
+export interface IncomingMigration {
+  readonly socketAddress: SocketAddress;
+  info(): MigrationInfo;
+  status(): MigrationStatusName;
+  cancel(): void;
+  /** Resolves when the incoming migration ended (completed or failed); never rejects. */
+  readonly done: Promise<{ status: 'completed' | 'failed'; error?: string }>;
+}
+
+/** QEMU's SocketAddress in query-migrate (`port` is a string there). */
+function qemuSocketAddress(a: SocketAddress): Record<string, string> {
+  return a.type === 'inet' ? { type: 'inet', host: a.host, port: String(a.port) } : { type: 'unix', path: a.path };
+}
+
+export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks): Promise<IncomingMigration> {
+  const { machine } = hooks;
+  const listener: IncomingListener = await listenIncoming(opts.uri, { channels: opts.pageChannels, timeoutMs: opts.acceptTimeoutMs ?? DEFAULT_ACCEPT_TIMEOUT_MS });
+  const log = (l: string): void => hooks.log?.(`incoming migration: ${l}`);
+  let status: MigrationStatusName = 'setup';
+  let error: string | undefined;
+  let chans: Channels | null = null;
+  let cancelled = false;
+  const startAt = performance.now();
+  let endAt = 0;
+  let mover: TargetPageMover | null = null;
+  let received = 0;
+
+  const setStatus = (s: MigrationStatusName): void => {
+    status = s;
+    log(`status ${s}`);
+    if (opts.events) hooks.emit({ event: 'MIGRATION', data: { status: s } });
+  };
+  if (opts.events) hooks.emit({ event: 'MIGRATION', data: { status: 'setup' } });
+
+  const run = async (): Promise<void> => {
+    const c = await listener.accept();
+    chans = c;
+    if (cancelled) throw new SessionError('cancelled', 'incoming migration cancelled');
+    setStatus('active');
+    const setupTimeout = opts.setupTimeoutMs ?? SETUP_TIMEOUT_MS;
+    const first = await c.main.next(setupTimeout);
+    if (first === null) throw new SessionError('protocol', 'the source ended the main channel before SETUP');
+    if (first.kind !== FrameKind.Control) throw new SessionError('protocol', `expected SETUP, got frame kind ${first.kind}`);
+    const setup = decodeControl(first.payload);
+    if (setup.type !== 'setup') throw new SessionError('protocol', `expected SETUP, got ${setup.type}`);
+    const cfg = machine.config;
+    const mismatch =
+      setup.version !== WIRE_VERSION ? `wire version ${setup.version}, this host speaks ${WIRE_VERSION}`
+      : setup.memoryBytes !== cfg.memoryBytes ? `source memory ${setup.memoryBytes} bytes, target ${cfg.memoryBytes}`
+      : setup.vcpus !== cfg.vcpus ? `source has ${setup.vcpus} vCPUs, target ${cfg.vcpus}`
+      : setup.pageChannels !== c.pages.length ? `source uses ${setup.pageChannels} page channels, target ${c.pages.length}`
+      : setup.mover !== 'plain' ? `page mover '${setup.mover}' is not available on this target`
+      : cfg.mode !== 'none' ? `the plain page mover cannot migrate into a '${cfg.mode}' guest`
+      : null;
+    if (mismatch !== null) {
+      await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: mismatch })).catch(() => undefined);
+      throw new SessionError('mismatch', mismatch);
+    }
+    const m = new PlainTargetMover(machine.memory);
+    mover = m;
+    await c.main.send(FrameKind.Control, encodeControl({ type: 'setup-ok' }));
+
+    const pageLoop = async (ch: Channel): Promise<void> => {
+      for (;;) {
+        const f = await ch.next();
+        if (f === null) return;
+        m.apply(f.kind, f.payload);
+        received += f.payload.byteLength;
+      }
+    };
+    const states: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(cfg.vcpus);
+    const mainLoop = async (): Promise<void> => {
+      let frames = 0;
+      for (;;) {
+        const f = await c.main.next();
+        if (f === null) throw new SessionError('protocol', 'the source ended the main channel before COMPLETE');
+        if (f.kind === FrameKind.DeviceState) {
+          const d = decodeDeviceState(f.payload, cfg.vcpus);
+          states[d.vcpu] = d.data.slice();
+          frames++;
+          continue;
+        }
+        if (f.kind !== FrameKind.Control) throw new SessionError('protocol', `unexpected frame kind ${f.kind} on the main channel`);
+        const msg = decodeControl(f.payload);
+        if (msg.type === 'cancel') throw new SessionError('cancelled', 'the source cancelled the migration');
+        if (msg.type !== 'complete') throw new SessionError('protocol', `unexpected ${msg.type} on the main channel`);
+        if (msg.deviceFrames !== frames) throw new SessionError('protocol', `COMPLETE counts ${msg.deviceFrames} device-state frames, ${frames} arrived`);
+        return;
+      }
+    };
+    const loops = [mainLoop(), ...c.pages.map(pageLoop)];
+    for (const l of loops) l.catch(() => undefined);
+    try {
+      await Promise.all(loops);
+    } catch (e) {
+      closeChannels(c); // the other loops end with 'closed'
+      throw e;
+    }
+    const missing = states.findIndex((s) => s === undefined || s.byteLength !== PAGE_SIZE);
+    if (missing >= 0) throw new SessionError('protocol', `no state for vCPU ${missing}`);
+    await hooks.finish(states as Uint8Array[]);
+    await c.main.send(FrameKind.Control, encodeControl({ type: 'committed' })).catch((e: unknown) => log(`COMMITTED not delivered: ${describe(e)}`));
+    await c.main.end().catch(() => undefined);
+  };
+
+  const done = run().then(
+    async () => {
+      endAt = performance.now();
+      listener.close();
+      if (chans) setTimeout(() => closeChannels(chans as Channels), 1_000).unref();
+      setStatus('completed');
+      return { status: 'completed' as const };
+    },
+    async (e: unknown) => {
+      endAt = performance.now();
+      error = e instanceof TransportError || e instanceof SessionError ? e.message : describe(e);
+      listener.close();
+      if (chans) closeChannels(chans);
+      try {
+        await hooks.discard(error);
+      } catch (d) {
+        log(`discard failed: ${describe(d)}`);
+      }
+      setStatus('failed');
+      return { status: 'failed' as const, error };
+    },
+  );
+
+  return {
+    socketAddress: listener.socketAddress,
+    info: () => {
+      const i: MigrationInfo = { status, 'socket-address': [qemuSocketAddress(listener.socketAddress)] };
+      if (status === 'completed') i['total-time'] = Math.round(endAt - startAt);
+      if (status === 'failed' && error !== undefined) i['error-desc'] = error;
+      i['x-sevmig-pages-received'] = mover?.pagesApplied ?? 0;
+      i['x-sevmig-bytes-received'] = received;
+      return i;
+    },
+    status: () => status,
+    cancel: () => {
+      if (status !== 'setup' && status !== 'active') return;
+      cancelled = true;
+      listener.close();
+      if (chans) closeChannels(chans);
+    },
+    done,
+  };
+}
