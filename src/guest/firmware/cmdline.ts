@@ -1,13 +1,18 @@
 /**
  * The guest command line (fw_cfg `opt/sevmig/cmdline`), syntax in docs/guest.md:
  *
- *   workload=ab|pattern|idle|none [size=BYTES] [wss=BYTES] [rate=PAGES_PER_S] [seed=U32] [vcpus=N]
+ *   workload=ab|pattern|idle|none [size=BYTES] [wss=BYTES] [rate=PAGES_PER_S] [seed=U32] [vcpus=N] [mh=N]
+ *
+ * `mh=N` (0..64, default 0): the last N vCPUs run the Migration Handler (docs/protocol.md §7), and
+ * the top of RAM holds their mailboxes and scratch; {@link workloadCmdline} keeps the workload off both.
  *
  * Space-separated key=value words. Sizes accept the suffixes K, M, G (binary). Unknown keys are
  * kept in `unknown` (reported on the console, not fatal) so other firmware parts (the MH) can add
  * their own keys; a malformed value of a known key is an error.
  */
 import { parseSize } from '../../platform/address.js';
+import { WORKLOAD_RAM_START } from '../../protocol/firmware-image.js';
+import { MH_MAX_VCPUS, mhRegion } from '../../protocol/mh-layout.js';
 
 export type WorkloadName = 'ab' | 'pattern' | 'idle' | 'none';
 const WORKLOADS: readonly WorkloadName[] = ['ab', 'pattern', 'idle', 'none'];
@@ -23,6 +28,8 @@ export interface GuestCmdline {
   seed: number;
   /** How many vCPUs (0..vcpus-1) run the workload (default: all). */
   vcpus?: number;
+  /** Migration Handler vCPUs: the last `mh` vCPUs of the VM (default 0). */
+  mh?: number;
   unknown: string[];
 }
 
@@ -83,9 +90,25 @@ export function parseCmdline(text: string): GuestCmdline {
       case 'vcpus':
         out.vcpus = uint(key, v, 4096);
         break;
+      case 'mh':
+        out.mh = uint(key, v, MH_MAX_VCPUS);
+        break;
       default:
         out.unknown.push(key);
     }
   }
   return out;
+}
+
+/**
+ * The cmdline the workload runs with, in one place: with `mh=N` the workload gets the first
+ * vcpuCount − N vCPUs and stops below the MH region (protocol/mh-layout.ts). Unchanged for mh=0.
+ */
+export function workloadCmdline(cmd: GuestCmdline, memBytes: number, vcpuCount: number): GuestCmdline {
+  const mh = cmd.mh ?? 0;
+  if (mh === 0) return cmd;
+  const end = mhRegion(memBytes, mh).workloadEnd;
+  const vcpus = Math.min(cmd.vcpus ?? vcpuCount, Math.max(0, vcpuCount - mh));
+  const size = Math.min(cmd.size ?? Number.MAX_SAFE_INTEGER, Math.max(0, end - WORKLOAD_RAM_START));
+  return { ...cmd, vcpus, size };
 }

@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { PAGE_SIZE, gfnOf, gpa } from '../../platform/address.js';
-import { VcpuShutdown, type VcpuContext } from '../../platform/guest-face.js';
+import { VcpuShutdown, type GuestMemory, type VcpuContext } from '../../platform/guest-face.js';
 import { equalBytes, hex, wipe } from '../../protocol/bytes.js';
 import {
   FW_HASHES_BASE,
@@ -24,13 +24,16 @@ import {
   SEVMIG_DEMO_SECRET_GUID,
   secretProof,
 } from '../../protocol/firmware-image.js';
-import { CmdlineError, parseCmdline, type GuestCmdline } from './cmdline.js';
+import { CmdlineError, parseCmdline, workloadCmdline, type GuestCmdline } from './cmdline.js';
+import { MhLayoutError, mhRegion, type MhRegion } from '../../protocol/mh-layout.js';
+import { MhScratch, Role, W } from '../mh/scratch.js';
+import { runMhVcpu } from '../mh/service.js';
 import { HashTableError, readCmdlineHash } from './hashes.js';
 import { BootStatus, CMDLINE_MAX, KEPT_SECRETS, KEPT_SECRETS_MAX, Reg, STATE_MAGIC, STATE_OFF, STATE_PAGE } from './layout.js';
 import { SevFormatError } from '../../protocol/sev/errors.js';
 import { buildSecretTable, parseSecretTable, type SecretEntry } from '../../protocol/sev/secret.js';
 import { RUN_MARKER } from '../workloads/common.js';
-import { migratedAway, provisionMh, zeroizeMh } from '../mh/keys.js';
+import { migratedAway, provisionMh, readIdentity, zeroizeMh } from '../mh/keys.js';
 import { runWorkload, workloadRange, workloadVcpus } from '../workloads/index.js';
 import type { RunLimit } from '../workloads/ab.js';
 
@@ -163,16 +166,143 @@ export function bootBsp(ctx: VcpuContext): GuestCmdline | undefined {
     return undefined;
   }
   if (cmd.unknown.length > 0) say(ctx, `cmdline: ignoring unknown keys ${cmd.unknown.join(', ')}`);
+  if ((cmd.mh ?? 0) > 0 && !setupMh(ctx, cmd.mh ?? 0)) return undefined;
   const bytes = enc.encode(text);
   ctx.mem.write(stateAt(STATE_OFF.CMDLINE), bytes);
   ctx.mem.writeU32(stateAt(STATE_OFF.CMDLINE_LEN), bytes.byteLength);
   ctx.mem.write(STATE_PAGE, enc.encode(STATE_MAGIC));
-  const range = workloadRange(cmd, ctx.mem.sizeBytes, ctx.vcpuCount);
-  say(ctx, `workload=${cmd.workload} vcpus=${workloadVcpus(cmd, ctx.vcpuCount)} range=0x${range.start.toString(16)}+0x${range.bytes.toString(16)}`);
+  const wcmd = workloadCmdline(cmd, ctx.mem.sizeBytes, ctx.vcpuCount);
+  const range = workloadRange(wcmd, ctx.mem.sizeBytes, ctx.vcpuCount);
+  say(ctx, `workload=${cmd.workload} vcpus=${workloadVcpus(wcmd, ctx.vcpuCount)} range=0x${range.start.toString(16)}+0x${range.bytes.toString(16)}`);
   ctx.mem.write(gpa(FW_SHARED_BASE), enc.encode(`sevmig-fw running workload=${cmd.workload}\n`));
   release(ctx, BootStatus.RUNNING);
   say(ctx, 'APs released');
   return cmd;
+}
+
+/**
+ * MH set-up at boot (docs/protocol.md §7.1): the last `n` vCPUs serve mailboxes at the top of RAM
+ * (marked shared here, before any MH vCPU runs); the MH scratch below them starts with every
+ * page dirty. A guest provisioned with a peer key boots as a migration target: its workload
+ * vCPUs wait for a committed import.
+ */
+function setupMh(ctx: VcpuContext, n: number): boolean {
+  if (n >= ctx.vcpuCount) {
+    refuse(ctx, `mh=${n} leaves no vCPU for the workload (${ctx.vcpuCount} vCPUs)`);
+    return false;
+  }
+  let region: MhRegion;
+  try {
+    region = mhRegion(ctx.mem.sizeBytes, n);
+  } catch (e) {
+    if (!(e instanceof MhLayoutError)) throw e;
+    refuse(ctx, e.message);
+    return false;
+  }
+  ctx.mapGpaRange(gfnOf(gpa(region.mailboxBase)), region.mailboxBytes / PAGE_SIZE, true);
+  const sc = new MhScratch(ctx.mem, region);
+  sc.control.fill(0);
+  sc.vmsa.fill(0);
+  sc.allDirty();
+  let target = false;
+  try {
+    const id = readIdentity(ctx.mem);
+    id.identityPrivate.fill(0);
+    target = id.peerPublic !== null;
+  } catch {
+    target = false; // no identity: the MH serves nothing but SHUTDOWN usefully
+  }
+  sc.set(W.ROLE, target ? Role.TARGET : Role.IDLE);
+  say(ctx, `MH: ${n} vCPU(s) from ${ctx.vcpuCount - n}, mailboxes 0x${region.mailboxBase.toString(16)}+0x${region.mailboxBytes.toString(16)} shared, scratch 0x${region.scratchBase.toString(16)}+0x${region.scratchBytes.toString(16)}${target ? ', migration target: waiting for the import' : ''}`);
+  return true;
+}
+
+/** Thrown out of a workload vCPU's safe point once the guest has migrated away: it never runs again. */
+export class GuestHalt extends Error {
+  override readonly name = 'GuestHalt';
+  constructor() {
+    super('the guest migrated away');
+  }
+}
+
+/**
+ * The context a workload vCPU runs with when the guest has an MH: writes mark the guest-side
+ * dirty bitmap (after the write, so an export racing it sees the page dirty again), and every
+ * safe point honours the MH's quiesce flag (park, saving the VMSA for EXPORT_VCPU) and halts once
+ * migrated away.
+ */
+export function guardedContext(ctx: VcpuContext, sc: MhScratch): VcpuContext {
+  const m = ctx.mem;
+  const mark = (at: number, len: number) => {
+    if (len > 0) sc.markDirty(Math.floor(at / PAGE_SIZE), Math.floor((at + len - 1) / PAGE_SIZE));
+  };
+  const mem: GuestMemory = {
+    sizeBytes: m.sizeBytes,
+    pageCount: m.pageCount,
+    read: (a, l) => m.read(a, l),
+    readInto: (a, d) => m.readInto(a, d),
+    pageView: (a, l) => m.pageView(a, l),
+    regionView: (a, l) => m.regionView(a, l),
+    write: (a, d) => (m.write(a, d), mark(a, d.byteLength)),
+    fill: (a, l, v) => (m.fill(a, l, v), mark(a, l)),
+    readU8: (a) => m.readU8(a),
+    writeU8: (a, v) => (m.writeU8(a, v), mark(a, 1)),
+    readU32: (a) => m.readU32(a),
+    writeU32: (a, v) => (m.writeU32(a, v), mark(a, 4)),
+    readU64: (a) => m.readU64(a),
+    writeU64: (a, v) => (m.writeU64(a, v), mark(a, 8)),
+    addU8: (a, d) => {
+      const r = m.addU8(a, d);
+      mark(a, 1);
+      return r;
+    },
+  };
+  const w = sc.words;
+  const gate = () => {
+    if (Atomics.load(w, W.MIGRATED) !== 0) throw new GuestHalt();
+    if (Atomics.load(w, W.QUIESCE) === 0) return;
+    sc.vmsaSlot(ctx.index).set(ctx.vmsa.bytes());
+    Atomics.add(w, W.PARKED, 1);
+    Atomics.notify(w, W.PARKED);
+    try {
+      while (Atomics.load(w, W.QUIESCE) !== 0) {
+        if (Atomics.load(w, W.MIGRATED) !== 0) throw new GuestHalt();
+        ctx.checkpoint();
+        ctx.sleep(1);
+      }
+    } finally {
+      Atomics.sub(w, W.PARKED, 1);
+    }
+  };
+  return {
+    index: ctx.index,
+    vcpuCount: ctx.vcpuCount,
+    isBsp: ctx.isBsp,
+    sevEs: ctx.sevEs,
+    mem,
+    vmsa: ctx.vmsa,
+    checkpoint: () => {
+      gate();
+      ctx.checkpoint();
+    },
+    mapGpaRange: (s, p, sh) => ctx.mapGpaRange(s, p, sh),
+    sleep: (ms) => {
+      gate();
+      ctx.sleep(ms);
+    },
+    now: () => ctx.now(),
+    fwCfg: (n) => ctx.fwCfg(n),
+    serialWrite: (l) => ctx.serialWrite(l),
+  };
+}
+
+/** Target: a workload vCPU waits for the committed import, then continues from its imported VMSA. */
+function waitIncoming(ctx: VcpuContext, sc: MhScratch): void {
+  while (sc.get(W.RESUME) === 0) {
+    ctx.checkpoint();
+    ctx.sleep(2);
+  }
+  ctx.vmsa.bytes().set(sc.vmsaSlot(ctx.index));
 }
 
 /** AP: wait (bounded) for the release flag. True when released into a running guest. */
@@ -201,7 +331,29 @@ export function firmwareMain(ctx: VcpuContext, opts: FirmwareOptions = {}): void
     cmd = storedCmdline(ctx);
   }
   if (cmd === undefined) return;
-  runWorkload(ctx, cmd, ctx.index, opts.limit);
+  const n = cmd.mh ?? 0;
+  if (n === 0) {
+    runWorkload(ctx, cmd, ctx.index, opts.limit);
+    return;
+  }
+  const region = mhRegion(ctx.mem.sizeBytes, n); // validated by the BSP before the release
+  const first = ctx.vcpuCount - n;
+  if (ctx.index >= first) {
+    runMhVcpu(ctx, region, ctx.index - first);
+    return;
+  }
+  const sc = new MhScratch(ctx.mem, region);
+  try {
+    if (!resuming && sc.get(W.RESUME) === 0 && (sc.get(W.ROLE) === Role.TARGET || sc.get(W.ROLE) === Role.DEAD)) {
+      waitIncoming(ctx, sc);
+      cmd = storedCmdline(ctx);
+      if (ctx.isBsp) say(ctx, 'import committed: resuming the migrated guest');
+    }
+    runWorkload(guardedContext(ctx, sc), workloadCmdline(cmd, ctx.mem.sizeBytes, ctx.vcpuCount), ctx.index, opts.limit);
+  } catch (e) {
+    if (!(e instanceof GuestHalt)) throw e;
+    say(ctx, `vCPU ${ctx.index}: the guest migrated away; halting`);
+  }
 }
 
 /** The firmware entry the platform's vCPU worker calls. */

@@ -1,0 +1,601 @@
+/**
+ * The Migration Handler service (docs/protocol.md §7): runs on MH vCPU k, serves its mailbox.
+ *
+ * Every input in the mailbox is hostile (the HV writes it). Each op checks the MH's own state
+ * first (role and counters in the MH scratch, keys in the MH key page), then its input, and only
+ * then touches guest memory. Exports seal straight from guest-memory views into the data slot;
+ * imports are opened (tag verified) into a private buffer before a byte reaches guest memory.
+ *
+ * Split of work: stream 0 (control: tokens, handshake, commit/abort) and all imports run on MH
+ * vCPU 0; page stream s ≥ 1 is exported only by MH vCPU (s − 1) mod N, so each stream's sequence
+ * numbers have one writer; the shared counters (per-epoch and total records) use Atomics in the
+ * scratch so MH vCPU 0 can emit EPOCH_END over all streams.
+ */
+import { createHash } from 'node:crypto';
+import { gpa, PAGE_SIZE } from '../../platform/address.js';
+import type { VcpuContext } from '../../platform/guest-face.js';
+import { equalBytes } from '../../protocol/bytes.js';
+import {
+  CompletionStatus,
+  GuestMailbox,
+  MailboxError,
+  MailboxOp,
+  NO_SLOT,
+  initMailbox,
+  viewsOver,
+  type Completion,
+  type RequestDescriptor,
+} from '../../protocol/mailbox/index.js';
+import { MH_GEOMETRY, mailboxGpa, streamOwner, type MhRegion } from '../../protocol/mh-layout.js';
+import {
+  BACKWARD_STREAM,
+  MAX_PAGES_PER_RECORD,
+  RecordError,
+  RecordType,
+  decodeVcpuState,
+  encodeVcpuState,
+  openRecord,
+  peekHeader,
+  recordLength,
+  sealRecord,
+  type ParsedHeader,
+} from '../../protocol/record.js';
+import { decodeAbort, decodeCommit, decodeEpochEnd, decodeStartToken, encodeEpochEnd, encodeStartToken, privatePageSetDigest, AbortReason, type PageSetEntry } from '../../protocol/tokens.js';
+import { newImporter, step, ImportError, type ImporterState, type ImportEvent, type StepResult } from '../../protocol/importer.js';
+import { TICKET_SIZE } from '../../protocol/ticket.js';
+import { sourceBegin, sourceFinish, targetRespond, MhSessionError, type SourcePending } from './handshake.js';
+import { backwardKey, closeSession, MhKeyError, MhOff, MH_KEY_PAGE, streamKey, zeroizeMh } from './keys.js';
+import { MhScratch, Role, START_HASH_OFF, W } from './scratch.js';
+
+/** TOKEN request kinds, carried in the descriptor's `stream` field (TOKEN output is always stream 0). */
+export const TokenKind = { EPOCH_END: 0, QUIESCE: 1, START: 2, RESUME: 3 } as const;
+
+/** How long QUIESCE waits for the workload vCPUs to park before it answers BadState. */
+export const QUIESCE_WAIT_MS = 2000;
+/** Longest single wait for a request; ctx.checkpoint() runs between waits. */
+export const MH_POLL_MS = 20;
+
+const S = CompletionStatus;
+type Status = (typeof CompletionStatus)[keyof typeof CompletionStatus];
+
+class Refusal extends Error {
+  constructor(readonly status: Status, message: string, readonly detail = 0) {
+    super(message);
+  }
+}
+
+const refuse = (status: Status, m: string, detail = 0): never => {
+  throw new Refusal(status, m, detail);
+};
+
+function importStatus(e: ImportError): Status {
+  switch (e.kind) {
+    case 'replay':
+    case 'out-of-order':
+    case 'epoch-regressed':
+    case 'epoch-closed':
+    case 'epoch-order':
+      return S.OutOfOrder;
+    case 'duplicate-page':
+    case 'page-range':
+      return S.BadGfn;
+    case 'open-failed':
+      return S.AuthFailed;
+    case 'invalid-in-state':
+      return S.BadState;
+    default:
+      return S.Refused;
+  }
+}
+
+export interface MhServiceStats {
+  requests: number;
+  pagesExported: number;
+  pagesImported: number;
+}
+
+/** One MH vCPU's service: its mailbox, its share of the work, and (on MH vCPU 0) the session. */
+export class MhService {
+  readonly mailbox: GuestMailbox;
+  readonly scratch: MhScratch;
+  readonly stats: MhServiceStats = { requests: 0, pagesExported: 0, pagesImported: 0 };
+  private pending: SourcePending | null = null;
+  private importer: ImporterState | null = null;
+  private migrationId: Uint8Array | null = null;
+  private readonly recordCopy: Uint8Array;
+  private readonly pageViews: Uint8Array[] = new Array<Uint8Array>(MAX_PAGES_PER_RECORD);
+  private stopped = false;
+  /** Clock for ticket validity (unix ms; the HV controls it: docs/protocol.md §2). */
+  now: () => number = () => Date.now();
+
+  constructor(
+    readonly ctx: VcpuContext,
+    readonly region: MhRegion,
+    /** This MH vCPU's number, 0..N−1. */
+    readonly k: number,
+  ) {
+    const at = gpa(mailboxGpa(region, k));
+    const v = ctx.mem.regionView(at, region.stride);
+    const views = viewsOver(v.bytes.buffer, v.bytes.byteOffset, region.mailbox);
+    initMailbox(views, MH_GEOMETRY);
+    this.mailbox = GuestMailbox.fromViews(views, MH_GEOMETRY);
+    this.scratch = new MhScratch(ctx.mem, region);
+    this.recordCopy = new Uint8Array(region.mailbox.slotBytes);
+  }
+
+  get done(): boolean {
+    return this.stopped;
+  }
+
+  /** Serves requests until SHUTDOWN, with a platform safe point between bounded waits. */
+  run(): void {
+    while (!this.stopped) {
+      this.ctx.checkpoint();
+      this.pollOnce(MH_POLL_MS);
+    }
+  }
+
+  /** One bounded wait for requests, then serves what arrived. */
+  pollOnce(timeoutMs: number): number {
+    const reqs = this.mailbox.waitForRequests(timeoutMs, 8);
+    for (const r of reqs) {
+      const c = r instanceof MailboxError
+        ? { requestId: r.requestId ?? 0, status: S.BadDescriptor, op: MailboxOp.Shutdown, slot: NO_SLOT, bytesWritten: 0, detail: 0 } satisfies Completion
+        : this.serve(r);
+      while (this.mailbox.complete(c) === 0) {
+        this.ctx.checkpoint();
+        this.mailbox.waitForCompletionSpace(MH_POLL_MS);
+      }
+    }
+    return reqs.length;
+  }
+
+  /** Serves one valid request descriptor. Never throws for hostile input. */
+  serve(req: RequestDescriptor): Completion {
+    this.stats.requests++;
+    const base = { requestId: req.requestId, op: req.op, slot: req.slot, bytesWritten: 0, detail: 0 };
+    try {
+      const written = this.dispatch(req);
+      return { ...base, status: S.Ok, bytesWritten: req.slot === NO_SLOT ? 0 : written };
+    } catch (e) {
+      if (e instanceof Refusal) return { ...base, status: e.status, detail: e.detail >>> 0 };
+      if (e instanceof MhSessionError) return { ...base, status: e.kind === 'handshake' ? S.AuthFailed : e.kind === 'state' ? S.BadState : S.Refused };
+      if (e instanceof MhKeyError) return { ...base, status: e.kind === 'stream' ? S.Refused : S.BadState };
+      if (e instanceof RecordError) return { ...base, status: e.kind === 'auth' ? S.AuthFailed : S.Refused };
+      if (e instanceof MailboxError) return { ...base, status: S.BadDescriptor };
+      return { ...base, status: S.Internal };
+    }
+  }
+
+  private dispatch(req: RequestDescriptor): number {
+    const role = this.scratch.get(W.ROLE);
+    const onlyZero = () => {
+      if (this.k !== 0) refuse(S.Unsupported, `${req.op} is served by MH vCPU 0`);
+    };
+    switch (req.op) {
+      case MailboxOp.Shutdown:
+        this.stopped = true;
+        return 0;
+      case MailboxOp.HandshakeMsg:
+        onlyZero();
+        return role === Role.TARGET ? this.handshakeTarget(req) : this.handshakeSource(req, role);
+      case MailboxOp.ExportPages:
+        this.needSource(role);
+        return this.exportPages(req);
+      case MailboxOp.ExportVcpu:
+        this.needSource(role);
+        return this.exportVcpu(req);
+      case MailboxOp.Token:
+        onlyZero();
+        this.needSource(role);
+        return this.token(req);
+      case MailboxOp.ImportRecord:
+        onlyZero();
+        return this.importOne(req);
+      case MailboxOp.Commit:
+        onlyZero();
+        return role === Role.SOURCE ? this.sourceCommit(req) : this.targetEnd(req, 'commit');
+      case MailboxOp.Abort:
+        onlyZero();
+        return role === Role.SOURCE ? this.sourceAbort(req) : this.targetEnd(req, 'abort');
+      case MailboxOp.ImportVcpu:
+        return refuse(S.Unsupported, 'vCPU state travels as a VCPU_STATE record (IMPORT_RECORD)');
+      default:
+        return refuse(S.Unsupported, 'unknown op');
+    }
+  }
+
+  private needSource(role: number): void {
+    if (role !== Role.SOURCE) refuse(S.BadState, `no source session (role ${role})`, role);
+    if (this.scratch.get(W.MIGRATED) !== 0) refuse(S.BadState, 'migrated away');
+  }
+
+  private input(req: RequestDescriptor): Uint8Array {
+    return this.mailbox.readData(req, this.recordCopy);
+  }
+
+  private out(req: RequestDescriptor, bytes: Uint8Array): number {
+    const slot = this.mailbox.slot(req.slot);
+    if (bytes.byteLength > slot.byteLength) refuse(S.NoSpace, 'output does not fit the slot', bytes.byteLength);
+    slot.set(bytes);
+    return bytes.byteLength;
+  }
+
+  private view() {
+    return { vcpus: this.ctx.vcpuCount, memoryBytes: this.ctx.mem.sizeBytes };
+  }
+
+  // ---- handshake ---------------------------------------------------------------------------
+
+  private handshakeSource(req: RequestDescriptor, role: number): number {
+    if (role !== Role.IDLE) refuse(S.BadState, `handshake in role ${role}`, role);
+    const data = this.input(req);
+    if (this.pending === null) {
+      if (data.byteLength !== TICKET_SIZE) refuse(S.Refused, `message 0 must be the ${TICKET_SIZE}-byte ticket`, TICKET_SIZE);
+      const streams = req.stream;
+      if (streams < 1 || streams > this.region.count + 1 + 62 || streams > 64) refuse(S.Refused, `streams ${streams}`);
+      const r = sourceBegin(this.ctx.mem, { ticket: data.slice(), now: this.now(), view: this.view(), streams });
+      this.pending = r.pending;
+      return this.out(req, r.message);
+    }
+    const p = this.pending;
+    this.pending = null;
+    const r = sourceFinish(this.ctx.mem, p, data.slice());
+    this.migrationId = r.migrationId;
+    this.scratch.resetSession();
+    this.scratch.set(W.ROLE, Role.SOURCE);
+    return 0;
+  }
+
+  private handshakeTarget(req: RequestDescriptor): number {
+    if (this.importer !== null) refuse(S.BadState, 'a session is already open');
+    const data = this.input(req);
+    if (data.byteLength <= TICKET_SIZE) refuse(S.Refused, 'ticket ‖ message 1 expected');
+    const streams = req.stream;
+    if (streams < 1 || streams > 64) refuse(S.Refused, `streams ${streams}`);
+    const r = targetRespond(this.ctx.mem, {
+      ticket: data.slice(0, TICKET_SIZE),
+      message: data.slice(TICKET_SIZE),
+      now: this.now(),
+      view: this.view(),
+      streams,
+    });
+    this.migrationId = r.migrationId;
+    this.importer = newImporter({ migrationId: r.migrationId, streams, vcpuCount: this.ctx.vcpuCount, pageLimit: this.region.pages });
+    this.scratch.resetSession();
+    return this.out(req, r.message);
+  }
+
+  // ---- export (source) ---------------------------------------------------------------------
+
+  private ownStream(stream: number): void {
+    const owner = streamOwner(this.region, stream);
+    if (owner !== this.k) refuse(S.Refused, `stream ${stream} is served by MH vCPU ${owner}`, owner);
+  }
+
+  private openEpoch(epoch: number): void {
+    const open = this.scratch.get(W.OPEN_EPOCH);
+    if (epoch !== open) refuse(S.OutOfOrder, `epoch ${epoch}, the open epoch is ${open}`, open);
+    if (this.scratch.get(W.START_EMITTED) !== 0) refuse(S.BadState, 'the start token has left');
+  }
+
+  private exportPages(req: RequestDescriptor): number {
+    this.ownStream(req.stream);
+    this.openEpoch(req.epoch);
+    const gfns = this.mailbox.readGfns(req);
+    const sc = this.scratch;
+    const seen = new Set<number>();
+    for (let i = 0; i < gfns.length; i++) {
+      const g = gfns[i] as number;
+      if (sc.refusal(g) !== null || seen.has(g) || Atomics.load(sc.epochs, g) === req.epoch + 1) refuse(S.BadGfn, `GFN ${g} (index ${i}) refused`, i);
+      seen.add(g);
+    }
+    const len = recordLength(gfns.length);
+    if (len > this.region.mailbox.slotBytes) refuse(S.NoSpace, 'record does not fit the slot', len);
+    const key = streamKey(this.ctx.mem, req.stream);
+    const seq = sc.get(W.STREAM_NEXT + req.stream);
+    const views = this.pageViews;
+    views.length = gfns.length;
+    for (let i = 0; i < gfns.length; i++) {
+      const g = gfns[i] as number;
+      sc.takeDirty(g); // before the read: a write racing the seal marks the page again
+      views[i] = this.ctx.mem.pageView(gpa(g * PAGE_SIZE), PAGE_SIZE);
+    }
+    const migrationId = this.sessionId();
+    try {
+      sealRecord({ key, header: { type: RecordType.PAGES, flags: 0, migrationId, stream: req.stream, sequence: seq, epoch: req.epoch, gfns }, body: views, out: this.mailbox.slot(req.slot) });
+    } finally {
+      key.fill(0);
+    }
+    for (const g of gfns) Atomics.store(sc.epochs, g, req.epoch + 1);
+    this.counted(req.stream, seq, gfns.length);
+    this.stats.pagesExported += gfns.length;
+    return len;
+  }
+
+  private counted(stream: number, seq: number, pages: number): void {
+    const sc = this.scratch;
+    sc.set(W.STREAM_NEXT + stream, seq + 1);
+    Atomics.add(sc.words, W.EPOCH_RECORDS, 1);
+    Atomics.add(sc.words, W.TOTAL_RECORDS, 1);
+    Atomics.add(sc.words, W.TOTAL_PAGES, pages);
+  }
+
+  private sessionId(): Uint8Array {
+    if (this.migrationId === null) this.migrationId = this.ctx.mem.read(gpa(MH_KEY_PAGE + MhOff.MIGRATION_ID), 16);
+    return this.migrationId;
+  }
+
+  private quiesced(): boolean {
+    const workload = this.ctx.vcpuCount - this.region.count;
+    return this.scratch.get(W.QUIESCE) === 1 && this.scratch.get(W.PARKED) >= workload;
+  }
+
+  private exportVcpu(req: RequestDescriptor): number {
+    this.ownStream(req.stream);
+    this.openEpoch(req.epoch);
+    if (!this.quiesced()) refuse(S.BadState, 'vCPU state only with the guest quiesced');
+    const i = req.vcpu;
+    if (i >= this.ctx.vcpuCount) refuse(S.Refused, `vCPU ${i} of ${this.ctx.vcpuCount}`, this.ctx.vcpuCount);
+    const sc = this.scratch;
+    const word = W.VCPU_SENT + (i >>> 5);
+    const bit = 1 << (i & 31);
+    if (Atomics.or(sc.words, word, bit) & bit) refuse(S.BadState, `vCPU ${i} already exported`, i);
+    const seq = sc.get(W.STREAM_NEXT + req.stream);
+    const key = streamKey(this.ctx.mem, req.stream);
+    let out: Uint8Array;
+    try {
+      // MH vCPUs have no state to carry (the target's MH vCPUs keep their own): their slot is zero.
+      out = sealRecord({
+        key,
+        header: { type: RecordType.VCPU_STATE, flags: 0, migrationId: this.sessionId(), stream: req.stream, sequence: seq, epoch: req.epoch, gfns: [] },
+        body: encodeVcpuState(i, sc.vmsaSlot(i)),
+        out: this.mailbox.slot(req.slot),
+      });
+    } finally {
+      key.fill(0);
+    }
+    this.counted(req.stream, seq, 0);
+    return out.byteLength;
+  }
+
+  // ---- tokens (source, MH vCPU 0) ----------------------------------------------------------
+
+  private token(req: RequestDescriptor): number {
+    const sc = this.scratch;
+    switch (req.stream) {
+      case TokenKind.QUIESCE:
+        return this.quiesce();
+      case TokenKind.RESUME:
+        if (sc.get(W.START_EMITTED) !== 0) refuse(S.BadState, 'after the start token only a valid ABORT resumes the guest');
+        sc.set(W.QUIESCE, 0);
+        return 0;
+      case TokenKind.EPOCH_END:
+        return this.epochEnd(req);
+      case TokenKind.START:
+        return this.startToken(req);
+      default:
+        return refuse(S.Refused, `token kind ${req.stream}`);
+    }
+  }
+
+  private quiesce(): number {
+    const sc = this.scratch;
+    sc.set(W.QUIESCE, 1);
+    const deadline = this.ctx.now() + QUIESCE_WAIT_MS;
+    while (!this.quiesced()) {
+      if (this.ctx.now() >= deadline) refuse(S.BadState, 'workload vCPUs did not park (paused by the HV?)', sc.get(W.PARKED));
+      this.ctx.checkpoint();
+      Atomics.wait(sc.words, W.PARKED, sc.get(W.PARKED), 5);
+    }
+    return 0;
+  }
+
+  private epochEnd(req: RequestDescriptor): number {
+    const sc = this.scratch;
+    this.openEpoch(req.epoch);
+    const streams = this.streamCount();
+    const next: number[] = [];
+    for (let s = 0; s < streams; s++) next.push(sc.get(W.STREAM_NEXT + s));
+    const seq = next[0] as number;
+    const body = encodeEpochEnd({ epoch: req.epoch, records: sc.get(W.EPOCH_RECORDS), nextSequence: next });
+    const out = this.seal0(req, RecordType.EPOCH_END, req.epoch, seq, body);
+    sc.set(W.STREAM_NEXT, seq + 1);
+    sc.set(W.EPOCH_RECORDS, 0);
+    sc.set(W.OPEN_EPOCH, req.epoch + 1);
+    return out;
+  }
+
+  private startToken(req: RequestDescriptor): number {
+    const sc = this.scratch;
+    if (sc.get(W.START_EMITTED) !== 0) refuse(S.BadState, 'start token already sent');
+    const open = sc.get(W.OPEN_EPOCH);
+    if (open === 0 || req.epoch !== open - 1) refuse(S.OutOfOrder, `final epoch ${req.epoch}: the last ended epoch is ${open - 1}`, open - 1);
+    if (sc.get(W.EPOCH_RECORDS) !== 0) refuse(S.BadState, 'records after the final EPOCH_END');
+    if (!this.quiesced()) refuse(S.BadState, 'the start token needs the guest quiesced');
+    for (let i = 0; i < this.ctx.vcpuCount; i++)
+      if ((sc.get(W.VCPU_SENT + (i >>> 5)) & (1 << (i & 31))) === 0) refuse(S.BadState, `vCPU ${i} state not exported`, i);
+    const dirty = sc.firstDirty();
+    if (dirty >= 0) refuse(S.BadState, `GFN ${dirty} is dirty: export it first`, dirty);
+    const set: PageSetEntry[] = [];
+    for (let g = 0; g < this.region.pages; g++) {
+      const e = Atomics.load(sc.epochs, g);
+      if (e !== 0) set.push({ gfn: g, epoch: e - 1 });
+    }
+    const body = encodeStartToken({
+      finalEpoch: req.epoch,
+      vcpuCount: this.ctx.vcpuCount,
+      totalRecords: sc.get(W.TOTAL_RECORDS) >>> 0,
+      totalPages: sc.get(W.TOTAL_PAGES) >>> 0,
+      setCount: set.length,
+      digest: privatePageSetDigest(set),
+    });
+    const seq = sc.get(W.STREAM_NEXT);
+    const out = this.seal0(req, RecordType.START_TOKEN, req.epoch, seq, body);
+    sc.set(W.STREAM_NEXT, seq + 1);
+    sc.control.set(createHash('sha256').update(body).digest(), START_HASH_OFF);
+    // From here the guest stays stopped unless a valid ABORT arrives (DESIGN.md §4.6).
+    sc.set(W.START_EMITTED, 1);
+    return out;
+  }
+
+  private streamCount(): number {
+    return this.ctx.mem.readU8(gpa(MH_KEY_PAGE + MhOff.STREAMS)) | (this.ctx.mem.readU8(gpa(MH_KEY_PAGE + MhOff.STREAMS + 1)) << 8);
+  }
+
+  private seal0(req: RequestDescriptor, type: (typeof RecordType)['EPOCH_END' | 'START_TOKEN'], epoch: number, seq: number, body: Uint8Array): number {
+    const key = streamKey(this.ctx.mem, 0);
+    try {
+      return sealRecord({ key, header: { type, flags: 0, migrationId: this.sessionId(), stream: 0, sequence: seq, epoch, gfns: [] }, body, out: this.mailbox.slot(req.slot) }).byteLength;
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  // ---- commit / abort (source) -------------------------------------------------------------
+
+  /** Opens a backward record from the slot: the target's COMMIT or ABORT. */
+  private backward(req: RequestDescriptor, type: (typeof RecordType)['COMMIT' | 'ABORT']): Uint8Array {
+    if (req.slot === NO_SLOT || req.dataLength === 0) refuse(S.Refused, 'a sealed backward record is required');
+    const bytes = this.input(req).slice();
+    const h = peekHeader(bytes);
+    if (h.type !== type || h.stream !== BACKWARD_STREAM || h.sequence !== 0) refuse(S.Refused, 'not the expected backward record');
+    if (!equalBytes(h.migrationId, this.sessionId())) refuse(S.Refused, 'another migration');
+    const key = backwardKey(this.ctx.mem);
+    try {
+      return openRecord({ key, bytes, header: h }).body;
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  private sourceCommit(req: RequestDescriptor): number {
+    const sc = this.scratch;
+    if (sc.get(W.START_EMITTED) === 0) refuse(S.BadState, 'COMMIT before the start token');
+    const c = decodeCommit(this.backward(req, RecordType.COMMIT));
+    if (!equalBytes(c.startTokenHash, sc.control.subarray(START_HASH_OFF, START_HASH_OFF + 32))) refuse(S.Refused, 'COMMIT names another start token');
+    zeroizeMh(this.ctx.mem, true);
+    sc.set(W.MIGRATED, 1);
+    sc.set(W.ROLE, Role.MIGRATED);
+    return 0;
+  }
+
+  private sourceAbort(req: RequestDescriptor): number {
+    decodeAbort(this.backward(req, RecordType.ABORT));
+    closeSession(this.ctx.mem);
+    this.migrationId = null;
+    const sc = this.scratch;
+    sc.set(W.ROLE, Role.IDLE);
+    sc.resetSession(); // also clears QUIESCE: the guest runs on
+    return 0;
+  }
+
+  // ---- import (target, MH vCPU 0) ----------------------------------------------------------
+
+  private stepOrRefuse(ev: ImportEvent): StepResult & { ok: true } {
+    const r = step(this.importer as ImporterState, ev);
+    this.importer = r.state;
+    if (!r.ok) {
+      if (r.state.kind === 'Failed') this.scratch.set(W.ROLE, Role.DEAD);
+      throw new Refusal(importStatus(r.error), r.error.message);
+    }
+    return r;
+  }
+
+  private importOne(req: RequestDescriptor): number {
+    if (this.importer === null || this.scratch.get(W.ROLE) !== Role.TARGET) refuse(S.BadState, 'no incoming session');
+    // Read once: a private copy, so the HV cannot change the record between the checks and the open.
+    const bytes = this.input(req);
+    let h: ParsedHeader;
+    let body: Uint8Array;
+    try {
+      h = peekHeader(bytes);
+      if (h.stream === BACKWARD_STREAM || h.stream >= this.streamCount()) {
+        this.stepOrRefuse({ kind: 'record', header: h });
+        return 0;
+      }
+      for (let i = 0; i < h.gfns.length; i++)
+        if (this.scratch.refusal(h.gfns[i] as number) !== null) {
+          // Never written into the MH's own pages or the shared ones: the import fails for good.
+          this.importer = step(this.importer as ImporterState, { kind: 'fail', cause: new RecordError('value', `GFN ${h.gfns[i]} is not migratable`) }).state;
+          this.scratch.set(W.ROLE, Role.DEAD);
+          refuse(S.BadGfn, `GFN ${h.gfns[i]} (index ${i}) is not migratable`, i);
+        }
+      const key = streamKey(this.ctx.mem, h.stream);
+      try {
+        // Verified before anything is written: AES-GCM writes plaintext before the tag checks.
+        body = openRecord({ key, bytes, header: h }).body;
+      } finally {
+        key.fill(0);
+      }
+    } catch (e) {
+      if (e instanceof RecordError) {
+        this.stepOrRefuse({ kind: 'fail', cause: e });
+      }
+      throw e;
+    }
+    let ev: ImportEvent;
+    try {
+      ev = h.type === RecordType.VCPU_STATE ? { kind: 'record', header: h, vcpu: decodeVcpuState(body) }
+        : h.type === RecordType.EPOCH_END ? { kind: 'record', header: h, epochEnd: decodeEpochEnd(body) }
+          : h.type === RecordType.START_TOKEN ? { kind: 'record', header: h, start: decodeStartToken(body) }
+            : { kind: 'record', header: h };
+    } catch (e) {
+      if (e instanceof RecordError) this.stepOrRefuse({ kind: 'fail', cause: e });
+      throw e;
+    }
+    const r = this.stepOrRefuse(ev);
+    for (const a of r.actions) {
+      if (a.kind === 'open-pages') {
+        a.dest.forEach((g, i) => {
+          if (g === null) return;
+          this.ctx.mem.write(gpa(g * PAGE_SIZE), body.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+          Atomics.store(this.scratch.epochs, g, h.epoch + 1);
+        });
+        this.stats.pagesImported += h.gfns.length;
+      } else if (a.kind === 'install-vcpu') {
+        this.scratch.vmsaSlot(a.index).set(a.vmsa);
+      }
+    }
+    return 0;
+  }
+
+  private targetEnd(req: RequestDescriptor, what: 'commit' | 'abort'): number {
+    if (this.importer === null) refuse(S.BadState, `${what} without an incoming session`);
+    const r = this.stepOrRefuse(what === 'commit' ? { kind: 'commit' } : { kind: 'abort', reason: AbortReason.CANCELLED });
+    const act = r.actions.find((a) => a.kind === 'send-commit' || a.kind === 'send-abort');
+    if (act === undefined || (act.kind !== 'send-commit' && act.kind !== 'send-abort')) return refuse(S.Internal, 'no token to send');
+    if (req.slot === NO_SLOT) refuse(S.NoSpace, 'a slot is needed for the token');
+    const key = backwardKey(this.ctx.mem);
+    let len: number;
+    try {
+      len = sealRecord({
+        key,
+        header: { type: what === 'commit' ? RecordType.COMMIT : RecordType.ABORT, flags: 0, migrationId: this.sessionId(), stream: BACKWARD_STREAM, sequence: 0, epoch: 0, gfns: [] },
+        body: act.body,
+        out: this.mailbox.slot(req.slot),
+      }).byteLength;
+    } finally {
+      key.fill(0);
+    }
+    closeSession(this.ctx.mem);
+    this.migrationId = null;
+    const sc = this.scratch;
+    if (what === 'commit') {
+      // The guest is the imported one now; the next hop starts from a full dirty set.
+      sc.resetSession();
+      sc.set(W.ROLE, Role.IDLE);
+      sc.set(W.RESUME, 1);
+    } else {
+      sc.set(W.ROLE, Role.DEAD);
+    }
+    return len;
+  }
+}
+
+/** MH vCPU k's main loop: set up its mailbox, serve it until SHUTDOWN. */
+export function runMhVcpu(ctx: VcpuContext, region: MhRegion, k: number): void {
+  const svc = new MhService(ctx, region, k);
+  ctx.serialWrite(`sevmig-fw: MH vCPU ${ctx.index} (mailbox ${k}) serving at 0x${mailboxGpa(region, k).toString(16)}`);
+  svc.run();
+}

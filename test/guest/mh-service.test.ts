@@ -1,0 +1,175 @@
+/**
+ * The Migration Handler service end to end on the real platform: two guests in one process, the
+ * test as the hypervisor of both, moving records between the MH mailboxes (no network).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CompletionStatus as S, MailboxOp as Op, type HostMailbox } from '../../src/protocol/mailbox/index.js';
+import { streamOwner } from '../../src/protocol/mh-layout.js';
+import { MhState, mhState, MH_KEY_PAGE } from '../../src/guest/mh/keys.js';
+import { TokenKind } from '../../src/guest/mh/service.js';
+import { checkAb } from '../../src/guest/workloads/ab.js';
+import { workloadRange } from '../../src/guest/workloads/index.js';
+import { parseCmdline, workloadCmdline } from '../../src/guest/firmware/cmdline.js';
+import { FW_CFG_CHECK } from '../../src/guest/workloads/common.js';
+import { bootPair, call, MiB, type Guest, type Pair } from './mh-service-rig.js';
+
+const PAGES_PER_RECORD = 512;
+
+interface Session {
+  pair: Pair;
+  streams: number;
+  src: HostMailbox[];
+  tgt0: HostMailbox;
+}
+
+async function handshake(pair: Pair): Promise<Session> {
+  const n = pair.source.region.count;
+  const streams = n + 1;
+  const src = await Promise.all(Array.from({ length: n }, (_, k) => pair.source.mailbox(k)));
+  const tgt0 = await pair.target.mailbox(0);
+  const m1 = await call(src[0] as HostMailbox, { op: Op.HandshakeMsg, stream: streams }, pair.ticket);
+  assert.equal(m1.c.status, S.Ok, 'source: message 1');
+  const both = new Uint8Array(pair.ticket.byteLength + m1.out.byteLength);
+  both.set(pair.ticket);
+  both.set(m1.out, pair.ticket.byteLength);
+  const m2 = await call(tgt0, { op: Op.HandshakeMsg, stream: streams }, both);
+  assert.equal(m2.c.status, S.Ok, 'target: message 2');
+  const fin = await call(src[0] as HostMailbox, { op: Op.HandshakeMsg, stream: streams }, m2.out);
+  assert.equal(fin.c.status, S.Ok, 'source: finish');
+  return { pair, streams, src, tgt0 };
+}
+
+/** The source MH vCPU's mailbox serving stream s. */
+function srcFor(s: Session, stream: number): HostMailbox {
+  return s.src[streamOwner(s.pair.source.region, stream)] as HostMailbox;
+}
+
+async function importOk(s: Session, rec: Uint8Array, what: string): Promise<void> {
+  const r = await call(s.tgt0, { op: Op.ImportRecord }, rec);
+  assert.equal(r.c.status, S.Ok, `target import of ${what}`);
+}
+
+/** Exports `gfns` in records of up to 512 pages over the page streams and imports each. */
+async function sendPages(s: Session, gfns: number[], epoch: number, stats?: { exportMs: number; importMs: number; pages: number }): Promise<void> {
+  let k = 0;
+  for (let i = 0; i < gfns.length; i += PAGES_PER_RECORD) {
+    const batch = gfns.slice(i, i + PAGES_PER_RECORD);
+    const stream = 1 + (k++ % (s.streams - 1));
+    const mb = srcFor(s, stream);
+    const t0 = performance.now();
+    const e = await call(mb, { op: Op.ExportPages, stream, epoch, pageCount: batch.length }, encodeGfns(batch));
+    const t1 = performance.now();
+    assert.equal(e.c.status, S.Ok, `export of ${batch.length} pages (detail ${e.c.detail})`);
+    await importOk(s, e.out, `PAGES stream ${stream}`);
+    if (stats) {
+      stats.exportMs += t1 - t0;
+      stats.importMs += performance.now() - t1;
+      stats.pages += batch.length;
+    }
+  }
+}
+
+function encodeGfns(gfns: number[]): Uint8Array {
+  const b = new Uint8Array(gfns.length * 8);
+  const dv = new DataView(b.buffer);
+  gfns.forEach((g, i) => dv.setBigUint64(i * 8, BigInt(g), true));
+  return b;
+}
+
+async function endEpoch(s: Session, epoch: number): Promise<void> {
+  const t = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.EPOCH_END, epoch });
+  assert.equal(t.c.status, S.Ok, `EPOCH_END ${epoch}`);
+  await importOk(s, t.out, `EPOCH_END ${epoch}`);
+}
+
+function dirtyMigratable(g: Guest): number[] {
+  const bm = g.machine.memory.syncDirtyLog();
+  const out: number[] = [];
+  for (let p = 0; p < bm.pageCount; p++) if ((bm.words[p >>> 5] as number) & (1 << (p & 31)) && g.migratable(p)) out.push(p);
+  return out;
+}
+
+async function waitUntil(what: string, ms: number, f: () => boolean): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('live migration through the MHs: handshake, pre-copy with ab running, stop, tokens, vCPU state, commit; the target runs on, the source is gone', { timeout: 120_000 }, async () => {
+  const cmdline = 'workload=ab mh=2';
+  const pair = await bootPair({ memoryBytes: 64 * MiB, vcpus: 3, mh: 2, cmdline });
+  try {
+    const { source, target } = pair;
+    await waitUntil('the source workload to run', 10_000, () => source.serial.some((l) => l.startsWith('sevmig-stats')));
+    const s = await handshake(pair);
+    const all: number[] = [];
+    for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) all.push(g);
+    source.machine.memory.syncDirtyLog();
+    const stats = { exportMs: 0, importMs: 0, pages: 0 };
+    await sendPages(s, all, 0, stats);
+    await endEpoch(s, 0);
+    let epoch = 1;
+    for (; epoch < 3; epoch++) {
+      await new Promise((r) => setTimeout(r, 30));
+      await sendPages(s, dirtyMigratable(source), epoch, stats);
+      await endEpoch(s, epoch);
+    }
+    // Stop-and-copy: the guest parks its own workload vCPUs (checked by the MH), then the HV stops them.
+    const q = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.QUIESCE });
+    assert.equal(q.c.status, S.Ok, `quiesce (detail ${q.c.detail})`);
+    await source.machine.pause(5000, [0]);
+    await sendPages(s, dirtyMigratable(source), epoch);
+    for (let i = 0; i < 3; i++) {
+      const v = await call(srcFor(s, 1), { op: Op.ExportVcpu, stream: 1, epoch, vcpu: i });
+      assert.equal(v.c.status, S.Ok, `EXPORT_VCPU ${i}`);
+      await importOk(s, v.out, `VCPU_STATE ${i}`);
+    }
+    await endEpoch(s, epoch);
+    const st = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.START, epoch });
+    assert.equal(st.c.status, S.Ok, `START_TOKEN (detail ${st.c.detail})`);
+    await importOk(s, st.out, 'START_TOKEN');
+    // Every migratable page of the stopped source is on the target, byte for byte.
+    const wr = workloadRange(workloadCmdline(parseCmdline(cmdline), 64 * MiB, 3), 64 * MiB, 3);
+    for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) assert.deepEqual(target.plain(g), source.plain(g), `page ${g}`);
+    const srcAb = checkAb(pageReader(source), wr);
+    assert.equal(srcAb.ok, true);
+
+    const commit = await call(s.tgt0, { op: Op.Commit }, undefined, 1);
+    assert.equal(commit.c.status, S.Ok, 'target COMMIT');
+    const done = await call(s.src[0] as HostMailbox, { op: Op.Commit }, commit.out, 1);
+    assert.equal(done.c.status, S.Ok, 'source accepts COMMIT');
+    // The source: keys wiped, and a resumed vCPU halts instead of running the guest again.
+    const keyPage = source.plain(MH_KEY_PAGE / 4096);
+    assert.equal(mhState(pageReader(source)), MhState.MIGRATED_AWAY);
+    assert.ok(keyPage.every((b, i) => b === 0 || (i >= 8 && i < 12)), 'the source key page holds nothing but its state');
+    const before = source.plain(wr.start / 4096)[0];
+    await source.machine.run();
+    await waitUntil('the source workload vCPU to halt', 10_000, () => source.halted.has(0));
+    assert.equal(source.plain(wr.start / 4096)[0], before, 'the source guest did not run again');
+    // The target runs on from the imported state and its in-guest checker passes.
+    await waitUntil('the target to resume', 10_000, () => target.serial.some((l) => /import committed/.test(l)));
+    const first = target.plain(wr.start / 4096)[0] as number;
+    await waitUntil('the target workload to make progress', 10_000, () => target.plain(wr.start / 4096)[0] !== first);
+    target.machine.fwCfgSet(FW_CFG_CHECK, new TextEncoder().encode('check-1'));
+    await waitUntil('the in-guest ab check', 10_000, () => target.serial.some((l) => l.startsWith('sevmig-check')));
+    const line = target.serial.find((l) => l.startsWith('sevmig-check')) as string;
+    assert.equal((JSON.parse(line.slice('sevmig-check '.length)) as { ok: boolean }).ok, true, line);
+    assert.deepEqual(target.failed, []);
+    assert.deepEqual(source.failed, []);
+    const gbps = (ms: number) => ((stats.pages * 4096) / (ms / 1000) / 1e9).toFixed(2);
+    console.log(`# MH records of ${PAGES_PER_RECORD} pages, ${stats.pages} pages: export ${gbps(stats.exportMs)} GB/s, import ${gbps(stats.importMs)} GB/s (per request round trip, one MH vCPU at a time)`);
+  } finally {
+    await pair.close();
+  }
+});
+
+function pageReader(g: Guest) {
+  return {
+    read: (a: number, l: number) => g.plain(Math.floor(a / 4096)).slice(a % 4096, (a % 4096) + l),
+    readU8: (a: number) => g.plain(Math.floor(a / 4096))[a % 4096] as number,
+    readU32: (a: number) => new DataView(g.plain(Math.floor(a / 4096)).buffer).getUint32(a % 4096, true),
+  } as never;
+}
