@@ -40,6 +40,8 @@ import type { RunLimit } from '../workloads/ab.js';
 export const FW_CFG_CMDLINE = 'opt/sevmig/cmdline';
 export const AP_POLL_MS = 2;
 export const AP_WAIT_MS = 600_000;
+/** Safe-point interval of an idle workload vCPU in a guest with an MH. */
+export const IDLE_POLL_MS = 20;
 
 export interface FirmwareOptions {
   /** Return after this many pages per vCPU (tests and benches; the real entry runs forever). */
@@ -349,7 +351,12 @@ export function firmwareMain(ctx: VcpuContext, opts: FirmwareOptions = {}): void
       cmd = storedCmdline(ctx);
       if (ctx.isBsp) say(ctx, 'import committed: resuming the migrated guest');
     }
-    runWorkload(guardedContext(ctx, sc), workloadCmdline(cmd, ctx.mem.sizeBytes, ctx.vcpuCount), ctx.index, opts.limit);
+    const g = guardedContext(ctx, sc);
+    runWorkload(g, workloadCmdline(cmd, ctx.mem.sizeBytes, ctx.vcpuCount), ctx.index, opts.limit);
+    // A vCPU without (more) work idles at safe points rather than halting: it still parks for the
+    // MH's quiesce and halts once the guest migrated away. Tests with a run limit return instead.
+    if (opts.limit?.maxPages !== undefined) return;
+    for (;;) g.sleep(IDLE_POLL_MS);
   } catch (e) {
     if (!(e instanceof GuestHalt)) throw e;
     say(ctx, `vCPU ${ctx.index}: the guest migrated away; halting`);

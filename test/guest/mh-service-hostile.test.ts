@@ -1,0 +1,221 @@
+/**
+ * A hostile hypervisor against the MH service (docs/protocol.md §7.6): every refusal has its
+ * completion status, and a refused record never reaches guest memory. Real platform, two guests
+ * in one process (mh-service-rig.ts), idle workloads so the tests stay fast.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { gfn } from '../../src/platform/address.js';
+import { CompletionStatus as S, MailboxOp as Op, type HostMailbox } from '../../src/protocol/mailbox/index.js';
+import { RecordType, sealRecord, peekHeader, BACKWARD_STREAM } from '../../src/protocol/record.js';
+import { encodeCommit } from '../../src/protocol/tokens.js';
+import { FW_SHARED_BASE, WORKLOAD_RAM_START } from '../../src/protocol/firmware-image.js';
+import { MH_KEY_PAGE, MhOff, MhState } from '../../src/guest/mh/keys.js';
+import { TokenKind } from '../../src/guest/mh/service.js';
+import { bootPair, call, MiB, type Guest, type Pair } from './mh-service-rig.js';
+
+const MEM = 48 * MiB;
+const SPEC = { memoryBytes: MEM, vcpus: 3, mh: 2, cmdline: 'workload=none mh=2' };
+
+interface Session {
+  pair: Pair;
+  src0: HostMailbox;
+  src1: HostMailbox;
+  tgt0: HostMailbox;
+}
+
+async function open(): Promise<Session> {
+  const pair = await bootPair(SPEC);
+  const src0 = await pair.source.mailbox(0);
+  const src1 = await pair.source.mailbox(1);
+  const tgt0 = await pair.target.mailbox(0);
+  // Before a session, nothing is exported.
+  const early = await call(src0, { op: Op.ExportPages, stream: 1, pageCount: 1 }, gfns([WORKLOAD_RAM_START / 4096]));
+  assert.equal(early.c.status, S.BadState);
+  const m1 = await call(src0, { op: Op.HandshakeMsg, stream: 3 }, pair.ticket);
+  assert.equal(m1.c.status, S.Ok);
+  const m2 = await call(tgt0, { op: Op.HandshakeMsg, stream: 3 }, cat(pair.ticket, m1.out));
+  assert.equal(m2.c.status, S.Ok);
+  assert.equal((await call(src0, { op: Op.HandshakeMsg, stream: 3 }, m2.out)).c.status, S.Ok);
+  return { pair, src0, src1, tgt0 };
+}
+
+function cat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const o = new Uint8Array(a.byteLength + b.byteLength);
+  o.set(a);
+  o.set(b, a.byteLength);
+  return o;
+}
+
+function gfns(list: number[]): Uint8Array {
+  const b = new Uint8Array(list.length * 8);
+  list.forEach((g, i) => new DataView(b.buffer).setBigUint64(i * 8, BigInt(g), true));
+  return b;
+}
+
+async function exportPages(mb: HostMailbox, list: number[], stream: number, epoch: number) {
+  return call(mb, { op: Op.ExportPages, stream, epoch, pageCount: list.length }, gfns(list));
+}
+
+function fillPage(g: Guest, page: number, v: number): void {
+  g.machine.memory.writePage(gfn(page), new Uint8Array(4096).fill(v));
+}
+
+const W0 = WORKLOAD_RAM_START / 4096;
+
+function keyState(g: Guest): number {
+  return new DataView(g.plain(MH_KEY_PAGE / 4096).buffer).getUint32(MhOff.STATE, true);
+}
+
+test('EXPORT refuses frames that are not the guest\'s private RAM, duplicates and re-exports, each with BadGfn and the index', { timeout: 60_000 }, async () => {
+  const s = await open();
+  try {
+    const r = s.pair.source.region;
+    const cases: [string, number][] = [
+      ['shared page', FW_SHARED_BASE / 4096],
+      ['MH key page', MH_KEY_PAGE / 4096],
+      ['mailbox page', r.mailboxBase / 4096],
+      ['MH scratch', r.scratchBase / 4096],
+      ['beyond RAM', r.pages],
+    ];
+    for (const [what, bad] of cases) {
+      const e = await exportPages(s.src0, [W0, W0 + 1, bad], 1, 0);
+      assert.equal(e.c.status, S.BadGfn, what);
+      assert.equal(e.c.detail, 2, `${what}: the offending index`);
+      assert.equal(e.c.bytesWritten, 0);
+    }
+    assert.equal((await exportPages(s.src0, [W0, W0 + 1, W0], 1, 0)).c.detail, 2, 'duplicate in one request');
+    // Stream 2 belongs to MH vCPU 1; stream 1 to MH vCPU 0.
+    assert.equal((await exportPages(s.src0, [W0], 2, 0)).c.status, S.Refused);
+    assert.equal((await exportPages(s.src0, [W0], 1, 1)).c.status, S.OutOfOrder, 'only the open epoch');
+    const ok = await exportPages(s.src0, [W0, W0 + 1], 1, 0);
+    assert.equal(ok.c.status, S.Ok);
+    assert.equal(peekHeader(ok.out).sequence, 0, 'refusals consumed no sequence number');
+    const again = await exportPages(s.src1, [W0 + 5, W0 + 1], 2, 0);
+    assert.equal(again.c.status, S.BadGfn, 'a page goes once per epoch, whichever stream');
+    assert.equal(again.c.detail, 1);
+    // The start token needs the guest quiesced, every vCPU's state and no dirty page.
+    assert.equal((await call(s.src0, { op: Op.Token, stream: TokenKind.EPOCH_END, epoch: 0 })).c.status, S.Ok);
+    assert.equal((await call(s.src0, { op: Op.Token, stream: TokenKind.START, epoch: 0 })).c.status, S.BadState);
+    assert.equal((await exportPages(s.src0, [W0 + 9], 1, 0)).c.status, S.OutOfOrder, 'epochs never go back');
+  } finally {
+    await s.pair.close();
+  }
+});
+
+test('a relocated record fails authentication and writes nothing; the import is dead afterwards', { timeout: 60_000 }, async () => {
+  const s = await open();
+  try {
+    const { source, target } = s.pair;
+    fillPage(source, W0, 0xaa);
+    fillPage(source, W0 + 1, 0xbb);
+    fillPage(target, W0 + 7, 0x11);
+    const a = await exportPages(s.src0, [W0], 1, 0);
+    assert.equal((await call(s.tgt0, { op: Op.ImportRecord }, a.out)).c.status, S.Ok);
+    assert.deepEqual(target.plain(W0), new Uint8Array(4096).fill(0xaa));
+    const b = await exportPages(s.src0, [W0 + 1], 1, 0);
+    const moved = b.out.slice();
+    new DataView(moved.buffer).setBigUint64(48, BigInt(W0 + 7), true);
+    const r = await call(s.tgt0, { op: Op.ImportRecord }, moved);
+    assert.equal(r.c.status, S.AuthFailed, 'relocated record');
+    assert.deepEqual(target.plain(W0 + 7), new Uint8Array(4096).fill(0x11), 'nothing written at the relocated frame');
+    assert.notDeepEqual(target.plain(W0 + 1), new Uint8Array(4096).fill(0xbb));
+    assert.equal((await call(s.tgt0, { op: Op.ImportRecord }, b.out)).c.status, S.BadState, 'a failed import takes nothing more');
+    assert.equal((await call(s.tgt0, { op: Op.Commit }, undefined, 1)).c.status, S.BadState, 'and never commits');
+  } finally {
+    await s.pair.close();
+  }
+});
+
+test('a dropped record is caught (sequence, or the start token cannot verify) and the target never commits', { timeout: 60_000 }, async () => {
+  const s = await open();
+  try {
+    const recs: Uint8Array[] = [];
+    for (const list of [[W0], [W0 + 1]]) recs.push((await exportPages(s.src0, list, 1, 0)).out);
+    // Mid-stream: the next record shows the gap.
+    assert.equal((await call(s.tgt0, { op: Op.ImportRecord }, recs[1])).c.status, S.OutOfOrder);
+  } finally {
+    await s.pair.close();
+  }
+  const t = await open();
+  try {
+    const { source } = t.pair;
+    const all: number[] = [];
+    for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) all.push(g);
+    const recs: Uint8Array[] = [];
+    for (let i = 0; i < all.length; i += 512) recs.push((await exportPages(t.src0, all.slice(i, i + 512), 1, 0)).out);
+    const imp = async (rec: Uint8Array, what: string, want: number = S.Ok) => assert.equal((await call(t.tgt0, { op: Op.ImportRecord }, rec)).c.status, want, what);
+    for (const rec of recs.slice(0, -1)) await imp(rec, 'pages'); // the last one is dropped
+    const q = await call(t.src0, { op: Op.Token, stream: TokenKind.QUIESCE });
+    assert.equal(q.c.status, S.Ok, `quiesce (parked ${q.c.detail})`);
+    for (let i = 0; i < 3; i++) await imp((await call(t.src1, { op: Op.ExportVcpu, stream: 2, epoch: 0, vcpu: i })).out, `vCPU ${i}`);
+    const end = await call(t.src0, { op: Op.Token, stream: TokenKind.EPOCH_END, epoch: 0 });
+    await imp(end.out, 'EPOCH_END (its check waits for stream 1)');
+    const st = await call(t.src0, { op: Op.Token, stream: TokenKind.START, epoch: 0 });
+    assert.equal(st.c.status, S.Ok, `START (detail ${st.c.detail})`);
+    await imp(st.out, 'START_TOKEN (deferred)');
+    assert.equal((await call(t.tgt0, { op: Op.Commit }, undefined, 1)).c.status, S.BadState, 'no commit without a verified start token');
+    // The source: a forged COMMIT (another key) and garbage are refused; the guest stays stopped, keys kept.
+    const id = peekHeader(st.out).migrationId;
+    const forged = sealRecord({ key: new Uint8Array(randomBytes(32)), header: { type: RecordType.COMMIT, flags: 0, migrationId: id, stream: BACKWARD_STREAM, sequence: 0, epoch: 0, gfns: [] }, body: encodeCommit({ startTokenHash: new Uint8Array(32) }) });
+    assert.equal((await call(t.src0, { op: Op.Commit }, forged, 1)).c.status, S.AuthFailed, 'forged COMMIT');
+    assert.equal((await call(t.src0, { op: Op.Commit }, new Uint8Array(randomBytes(100)), 1)).c.status, S.Refused, 'garbage COMMIT');
+    assert.equal((await call(t.src0, { op: Op.Commit })).c.status, S.Refused, 'COMMIT without a record');
+    assert.equal(keyState(source), MhState.SESSION, 'the source keeps its keys');
+    assert.equal((await call(t.src0, { op: Op.Token, stream: TokenKind.RESUME })).c.status, S.BadState, 'no resume after the start token');
+  } finally {
+    await t.pair.close();
+  }
+});
+
+test('COMMIT before the start token is BadState; ABORT from the target resumes the source, which can migrate again', { timeout: 60_000 }, async () => {
+  const s = await open();
+  try {
+    assert.equal((await call(s.src0, { op: Op.Commit }, new Uint8Array(80), 1)).c.status, S.BadState);
+    const ab = await call(s.tgt0, { op: Op.Abort }, undefined, 1);
+    assert.equal(ab.c.status, S.Ok);
+    assert.equal(peekHeader(ab.out).type, RecordType.ABORT);
+    assert.equal((await call(s.src0, { op: Op.Abort }, ab.out, 1)).c.status, S.Ok);
+    assert.equal(keyState(s.pair.source), MhState.PROVISIONED, 'session keys dropped, identity kept');
+    assert.equal((await exportPages(s.src0, [W0], 1, 0)).c.status, S.BadState, 'no session any more');
+    assert.equal((await call(s.tgt0, { op: Op.ImportRecord }, new Uint8Array(100))).c.status, S.BadState, 'the aborted target takes nothing');
+    const again = await call(s.src0, { op: Op.HandshakeMsg, stream: 3 }, s.pair.ticket);
+    assert.equal(again.c.status, S.Ok, 'a new session can start on the source');
+  } finally {
+    await s.pair.close();
+  }
+});
+
+test('throughput: 512-page records, one MH vCPU each side, idle guest; then a replayed record is OutOfOrder', { timeout: 60_000 }, async () => {
+  const s = await open();
+  try {
+    const { source } = s.pair;
+    const all: number[] = [];
+    for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) all.push(g);
+    let exportMs = 0;
+    let importMs = 0;
+    let pages = 0;
+    let last: Uint8Array = new Uint8Array(0);
+    for (let i = 0; i + 512 <= all.length; i += 512) {
+      const t0 = performance.now();
+      const e = await exportPages(s.src0, all.slice(i, i + 512), 1, 0);
+      const t1 = performance.now();
+      assert.equal(e.c.status, S.Ok);
+      assert.equal((await call(s.tgt0, { op: Op.ImportRecord }, e.out)).c.status, S.Ok);
+      last = e.out;
+      exportMs += t1 - t0;
+      importMs += performance.now() - t1;
+      pages += 512;
+    }
+    const gbps = (ms: number) => ((pages * 4096) / (ms / 1000) / 1e9).toFixed(2);
+    console.log(`# ${pages} pages in 512-page records: export ${gbps(exportMs)} GB/s, import ${gbps(importMs)} GB/s per MH vCPU (mailbox round trip included)`);
+    assert.ok(pages > 0);
+    const page = peekHeader(last).gfns[0] as number;
+    const before = s.pair.target.plain(page);
+    assert.equal((await call(s.tgt0, { op: Op.ImportRecord }, last)).c.status, S.OutOfOrder, 'replayed record');
+    assert.deepEqual(s.pair.target.plain(page), before);
+  } finally {
+    await s.pair.close();
+  }
+});
