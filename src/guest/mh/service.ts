@@ -101,7 +101,6 @@ export class MhService {
   readonly stats: MhServiceStats = { requests: 0, pagesExported: 0, pagesImported: 0 };
   private pending: SourcePending | null = null;
   private importer: ImporterState | null = null;
-  private migrationId: Uint8Array | null = null;
   private readonly recordCopy: Uint8Array;
   private readonly pageViews: Uint8Array[] = new Array<Uint8Array>(MAX_PAGES_PER_RECORD);
   private stopped = false;
@@ -233,15 +232,14 @@ export class MhService {
     if (this.pending === null) {
       if (data.byteLength !== TICKET_SIZE) refuse(S.Refused, `message 0 must be the ${TICKET_SIZE}-byte ticket`, TICKET_SIZE);
       const streams = req.stream;
-      if (streams < 1 || streams > this.region.count + 1 + 62 || streams > 64) refuse(S.Refused, `streams ${streams}`);
+      if (streams < 1 || streams > 64) refuse(S.Refused, `streams ${streams}`);
       const r = sourceBegin(this.ctx.mem, { ticket: data.slice(), now: this.now(), view: this.view(), streams });
       this.pending = r.pending;
       return this.out(req, r.message);
     }
     const p = this.pending;
     this.pending = null;
-    const r = sourceFinish(this.ctx.mem, p, data.slice());
-    this.migrationId = r.migrationId;
+    sourceFinish(this.ctx.mem, p, data.slice());
     this.scratch.resetSession();
     this.scratch.set(W.ROLE, Role.SOURCE);
     return 0;
@@ -260,7 +258,6 @@ export class MhService {
       view: this.view(),
       streams,
     });
-    this.migrationId = r.migrationId;
     this.importer = newImporter({ migrationId: r.migrationId, streams, vcpuCount: this.ctx.vcpuCount, pageLimit: this.region.pages });
     this.scratch.resetSession();
     return this.out(req, r.message);
@@ -321,9 +318,9 @@ export class MhService {
     Atomics.add(sc.words, W.TOTAL_PAGES, pages);
   }
 
+  /** The open session's migration id, read from the key page each time (MH vCPU 0 may open a new session). */
   private sessionId(): Uint8Array {
-    if (this.migrationId === null) this.migrationId = this.ctx.mem.read(gpa(MH_KEY_PAGE + MhOff.MIGRATION_ID), 16);
-    return this.migrationId;
+    return this.ctx.mem.read(gpa(MH_KEY_PAGE + MhOff.MIGRATION_ID), 16);
   }
 
   private quiesced(): boolean {
@@ -483,7 +480,6 @@ export class MhService {
   private sourceAbort(req: RequestDescriptor): number {
     decodeAbort(this.backward(req, RecordType.ABORT));
     closeSession(this.ctx.mem);
-    this.migrationId = null;
     const sc = this.scratch;
     sc.set(W.ROLE, Role.IDLE);
     sc.resetSession(); // also clears QUIESCE: the guest runs on
@@ -579,7 +575,6 @@ export class MhService {
       key.fill(0);
     }
     closeSession(this.ctx.mem);
-    this.migrationId = null;
     const sc = this.scratch;
     if (what === 'commit') {
       // The guest is the imported one now; the next hop starts from a full dirty set.
