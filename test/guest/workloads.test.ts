@@ -27,8 +27,9 @@ function stats(ctx: FakeContext): { vcpu: number; pagesWritten: number; elapsedM
 }
 
 test('cmdline syntax', () => {
-  const c = parseCmdline('workload=pattern wss=1M rate=500 seed=7 vcpus=2 mh=on');
-  assert.deepEqual(c, { workload: 'pattern', wss: 1 << 20, rate: 500, seed: 7, vcpus: 2, unknown: ['mh'] });
+  const c = parseCmdline('workload=pattern wss=1M rate=500 seed=7 vcpus=2 mh=2 future=x');
+  assert.deepEqual(c, { workload: 'pattern', wss: 1 << 20, rate: 500, seed: 7, vcpus: 2, mh: 2, unknown: ['future'] });
+  assert.throws(() => parseCmdline('mh=on'), { name: 'CmdlineError', kind: 'value' } as object);
   assert.equal(parseCmdline('').workload, 'none');
   assert.throws(() => parseCmdline('workload'), { name: 'CmdlineError', kind: 'syntax' } as object);
   assert.throws(() => parseCmdline('rate=-1'), { name: 'CmdlineError', kind: 'value' } as object);
