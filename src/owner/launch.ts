@@ -36,12 +36,14 @@ export interface GuestLaunchOptions {
   cpuSignature?: number;
   /** Run the guest at the end (QMP `cont`). */
   start?: boolean;
+  /** Create the VM in incoming mode (a migration target: QEMU's `-incoming defer`). */
+  incoming?: boolean;
   /**
    * The Migration Handler's identity: 'fresh' (default) makes a new instance with a new identity
    * and no peer; a migration target passes the entry `authorizeMigration` returned; 'none' gives the
    * guest no MH identity (it can never be migrated by the MH).
    */
-  mh?: 'fresh' | 'none' | { entry: MhSecretEntry; instanceId: string };
+  mh?: 'fresh' | 'none' | { entry: MhSecretEntry; instanceId: string } | ((launchId: string) => { entry: MhSecretEntry; instanceId: string });
   timeoutMs?: number;
 }
 
@@ -108,6 +110,7 @@ export async function launchGuest(client: QmpClient, store: OwnerStore, o: Guest
       session: b64(launch.session),
       cmdline: o.cmdline,
       'kernel-hashes': true,
+      ...(o.incoming ? { incoming: true } : {}),
       ...(o.firmwarePath ? { firmware: o.firmwarePath } : {}),
     }, timeout),
   );
@@ -134,7 +137,9 @@ export async function launchGuest(client: QmpClient, store: OwnerStore, o: Guest
   let instanceId: string | null = null;
   const mhEntries: SecretEntry[] = [];
   if (mhMode !== 'none') {
-    const id = mhMode === 'fresh' ? newInstanceSecret(store, launch.launchId) : { ...mhMode.entry, instanceId: mhMode.instanceId };
+    // A migration target is authorized only now that its measurement verified (authorizeMigration checks).
+    const given = typeof mhMode === 'function' ? mhMode(launch.launchId) : mhMode;
+    const id = given === 'fresh' ? newInstanceSecret(store, launch.launchId) : { ...given.entry, instanceId: given.instanceId };
     instanceId = id.instanceId;
     mhEntries.push({ guid: id.guid, data: id.data });
     mhEntries.push({
