@@ -82,18 +82,44 @@ export class PlainSourceMover implements SourcePageMover {
 
 const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 
+/** Pages per cached memory view on the target (64 MiB; slots are whole GiB, so a view never spans two). */
+const VIEW_PAGES = 16384;
+
 export class PlainTargetMover implements TargetPageMover {
   readonly name = 'plain' as const;
   pagesApplied = 0;
+  /** Zero-copy views of the (all shared) memory of a non-confidential guest, by 64 MiB chunk. */
+  private readonly views = new Map<number, Uint8Array | null>();
 
   constructor(private readonly memory: HostMemory) {}
+
+  private viewOf(chunk: number): Uint8Array | null {
+    let v = this.views.get(chunk);
+    if (v === undefined) {
+      const first = chunk * VIEW_PAGES;
+      const pages = Math.min(VIEW_PAGES, this.memory.pageCount - first);
+      try {
+        v = this.memory.sharedView(gfn(first), pages).bytes;
+      } catch {
+        v = null; // not shared (never for a 'none' guest): page-by-page writePage below
+      }
+      this.views.set(chunk, v);
+    }
+    return v;
+  }
 
   apply(kind: number, payload: Uint8Array): void {
     if (kind !== FrameKind.SharedPages) throw new MoverError('unsupported', `the plain mover receives page batches, not frame kind ${kind}`);
     const b = decodeBatch(payload, this.memory.pageCount);
+    // A plain Uint8Array over the payload: V8 copies from it far faster than from a Buffer view.
+    const src = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
     for (let i = 0; i < b.count; i++) {
       const off = b.offsets[i] as number;
-      this.memory.writePage(gfn(b.gfns[i] as number), off < 0 ? ZERO_PAGE : payload.subarray(off, off + PAGE_SIZE));
+      const g = b.gfns[i] as number;
+      const data = off < 0 ? ZERO_PAGE : src.subarray(off, off + PAGE_SIZE);
+      const view = this.viewOf(Math.floor(g / VIEW_PAGES));
+      if (view) view.set(data, (g % VIEW_PAGES) * PAGE_SIZE);
+      else this.memory.writePage(gfn(g), data);
     }
     this.pagesApplied += b.count;
   }
