@@ -94,6 +94,8 @@ export interface HostMachine {
   readonly vcpus: readonly VcpuHandle[];
   /** fw_cfg item for the guest (QEMU's `-fw_cfg name=...`): plaintext the guest can read. */
   fwCfgSet(name: string, data: Uint8Array): void;
+  /** Faults all of RAM in ahead of use (QEMU's `prealloc=on`); contents and dirty log unchanged. */
+  preallocate(threads?: number): Promise<void>;
   /** Starts every vCPU at its reset state (first run) or resumes them. */
   run(): Promise<void>;
   /**

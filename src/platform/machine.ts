@@ -115,6 +115,33 @@ export class Machine implements HostMachine {
     this.vcpus = Array.from({ length: config.vcpus }, (_, i) => new Vcpu(i, config.mode === 'sev-es'));
   }
 
+  /**
+   * Faults every page of RAM in ahead of use (QEMU's `prealloc=on`): on this platform the first
+   * write to a page costs an OS page fault of several microseconds, which otherwise lands on the
+   * guest (or on an incoming migration). Runs on `threads` worker threads; memory contents and the
+   * dirty log are unchanged.
+   */
+  async preallocate(threads = 2): Promise<void> {
+    const jobs: { slot: SharedArrayBuffer; from: number; to: number }[] = [];
+    for (const slot of this.buffers.slots) {
+      const per = Math.ceil(slot.byteLength / PAGE_SIZE / threads) * PAGE_SIZE;
+      for (let from = 0; from < slot.byteLength; from += per) jobs.push({ slot, from, to: Math.min(slot.byteLength, from + per) });
+    }
+    const url = new URL('./prealloc-worker.js', import.meta.url);
+    const run = (job: (typeof jobs)[number]) =>
+      new Promise<void>((resolve, reject) => {
+        const w = new Worker(url, { workerData: job });
+        w.once('message', () => resolve());
+        w.once('error', reject);
+        w.once('exit', (code) => (code === 0 ? resolve() : reject(new PlatformError('bad-config', `prealloc worker exited with ${code}`))));
+      });
+    // `threads` jobs at a time.
+    const queue = [...jobs];
+    await Promise.all(Array.from({ length: Math.min(threads, queue.length) }, async () => {
+      for (let j = queue.shift(); j; j = queue.shift()) await run(j);
+    }));
+  }
+
   /** The PSP's way in (platform-internal: never handed to host code). */
   pspPort(): PspMachinePort {
     return {
