@@ -16,6 +16,8 @@ import { migrationIsRunning, type MigrationStatusName } from './qmp/gate.js';
 import type { JsonValue } from '../protocol/qmp.js';
 import { startIncoming, startOutgoing, type IncomingMigration, type OutgoingMigration } from './migration/session.js';
 import type { PrecopyParams } from './migration/precopy.js';
+import { mhCountOf } from './migration/mh-mover.js';
+import type { MhTestHooks } from './migration/mh-migration.js';
 
 /** Page movers (x-sevmig-mover): 'plain' for non-confidential guests; 'mh' (sealed records) comes next. */
 export const PAGE_MOVERS = ['plain', 'mh'] as const;
@@ -24,6 +26,8 @@ export type PageMoverName = (typeof PAGE_MOVERS)[number];
 /** Vendor migration parameters: validation per name (anything else is "unexpected"). */
 const EXTENSION_PARAMETERS: Record<string, (v: JsonValue) => string | null> = {
   'x-sevmig-mover': (v) => (typeof v === 'string' && (PAGE_MOVERS as readonly string[]).includes(v) ? null : `one of ${PAGE_MOVERS.map((m) => `'${m}'`).join(', ')}`),
+  // The owner's migration ticket for the source MH (base64; the host only carries it).
+  'x-sevmig-ticket': (v) => (typeof v === 'string' && v.length <= 4096 && /^[A-Za-z0-9+/]*={0,2}$/.test(v) && v.length % 4 === 0 ? null : 'a base64 string'),
 };
 
 const PRECOPY_PARAM_NAMES = ['downtime-limit', 'max-bandwidth', 'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'cpu-throttle-tailslow', 'max-cpu-throttle'] as const;
@@ -44,6 +48,8 @@ export interface VmmBackendOptions {
   /** Firmware image used when vm-create names no file. */
   defaultFirmware: () => Uint8Array;
   log?: (line: string) => void;
+  /** Test-only seams of the mh page mover (tampering in transit). */
+  mhTestHooks?: MhTestHooks;
 }
 
 export class VmmBackend implements QmpBackend {
@@ -117,8 +123,14 @@ export class VmmBackend implements QmpBackend {
     if (mover === 'plain' && vm.options.sevType !== 'none') {
       throw new QmpError('GenericError', `The 'plain' page mover cannot migrate a '${vm.options.sevType}' guest: its pages are ciphertext bound to this host's PSP (set x-sevmig-mover 'mh')`);
     }
-    if (mover === 'mh') throw new QmpError('GenericError', "The 'mh' page mover is not available in this build of sevmig yet");
     const log = this.opts.log;
+    const mhCount = mhCountOf(vm.options.cmdline);
+    const ticket = this.parameters['x-sevmig-ticket'];
+    if (mover === 'mh') {
+      if (mhCount < 1) throw new QmpError('GenericError', "The 'mh' page mover needs a guest with MH vCPUs (cmdline mh=N)");
+      if (typeof ticket !== 'string' || ticket.length === 0) throw new QmpError('GenericError', "The 'mh' page mover needs the owner's migration ticket (x-sevmig-ticket)");
+    }
+    const workload = Array.from({ length: Math.max(0, vm.options.vcpus - mhCount) }, (_, i) => i);
     const mig = startOutgoing(
       {
         uri,
@@ -127,10 +139,13 @@ export class VmmBackend implements QmpBackend {
         mover,
         params: this.precopyParams(),
         capabilities: { 'auto-converge': this.cap('auto-converge'), events: this.cap('events') },
+        ...(mover === 'mh'
+          ? { mh: { ticket: new Uint8Array(Buffer.from(ticket as string, 'base64')), count: mhCount, ...(this.opts.mhTestHooks ? { test: this.opts.mhTestHooks } : {}) } }
+          : {}),
       },
       {
         machine: vm.machine,
-        stopVm: () => this.vmm.stopForMigration(),
+        stopVm: () => (mover === 'mh' ? this.vmm.stopForMigration(undefined, workload) : this.vmm.stopForMigration()),
         resumeVm: () => this.vmm.resumeAfterMigration(),
         emit: (e) => this.emit(e),
         ...(log ? { log } : {}),
@@ -150,21 +165,27 @@ export class VmmBackend implements QmpBackend {
   private async migrateIncoming(uri: MigrateUri): Promise<void> {
     const vm = this.vmm.current;
     if (!vm) throw new QmpError('GenericError', 'migrate-incoming needs a VM');
-    if (vm.options.sevType !== 'none') throw new QmpError('GenericError', `Incoming migration of a '${vm.options.sevType}' guest needs the 'mh' page mover, not available in this build of sevmig yet`);
+    const mover = this.parameters['x-sevmig-mover'] as PageMoverName;
+    if (vm.options.sevType !== 'none' && mover !== 'mh') throw new QmpError('GenericError', `Incoming migration of a '${vm.options.sevType}' guest needs the 'mh' page mover (x-sevmig-mover)`);
+    const mhCount = mhCountOf(vm.options.cmdline);
+    if (mover === 'mh' && mhCount < 1) throw new QmpError('GenericError', "The 'mh' page mover needs a guest with MH vCPUs (cmdline mh=N)");
     const log = this.opts.log;
     try {
       this.incomingMig = await startIncoming(
-        { uri, pageChannels: this.pageChannels(), events: this.cap('events') },
+        { uri, pageChannels: this.pageChannels(), events: this.cap('events'), mover, mhCount },
         {
           machine: vm.machine,
           finish: async (states) => {
-            await this.vmm.finishIncoming(states, this.autostart);
+            if (mover === 'mh') this.vmm.finishIncomingMh();
+            else await this.vmm.finishIncoming(states, this.autostart);
             this.incoming = false;
           },
           discard: async () => {
             await this.vmm.discardVm();
+            // A confidential target cannot be re-created by the host (the owner launches and
+            // attests a new one); a plain one comes back clean for another migrate-incoming.
             const args = this.lastCreate;
-            if (args) this.create(args);
+            if (args && mover !== 'mh') this.create(args);
           },
           emit: (e) => this.emit(e),
           ...(log ? { log } : {}),
@@ -172,6 +193,15 @@ export class VmmBackend implements QmpBackend {
       );
     } catch (e) {
       throw new QmpError('GenericError', `Failed to listen on ${uri.transport === 'tcp' ? `${uri.host}:${uri.port}` : uri.path}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    // The mh target's firmware boots now, as a migration target (its MH serves the import).
+    if (mover === 'mh') {
+      try {
+        await this.vmm.runIncoming();
+      } catch (e) {
+        this.incomingMig.cancel();
+        throw toQmpError(e);
+      }
     }
   }
 
@@ -259,7 +289,10 @@ export class VmmBackend implements QmpBackend {
         }
         return {};
       },
-      'query-migrate-parameters': async () => ({ ...this.parameters }),
+      'query-migrate-parameters': async () => {
+        const { 'x-sevmig-ticket': _ticket, ...shown } = this.parameters;
+        return shown;
+      },
       'migrate-set-capabilities': async (a) => {
         for (const c of a.capabilities) {
           if (c.state && !VmmBackend.SUPPORTED_CAPS.includes(c.capability)) throw new QmpError('GenericError', `Migration capability '${c.capability}' is not supported by this host`);

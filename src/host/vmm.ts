@@ -252,11 +252,12 @@ export class Vmm extends EventEmitter {
   private wasRunning = false;
 
   /** Source, switch-over: vm_stop_force_state(finish-migrate); STOP only if the vCPUs ran. */
-  async stopForMigration(timeoutMs?: number): Promise<void> {
+  async stopForMigration(timeoutMs?: number, which?: readonly number[]): Promise<void> {
     const vm = this.need();
     this.wasRunning = this.state === 'running';
     if (this.state !== 'running' && this.state !== 'paused') throw new VmmError('bad-state', `cannot stop for migration in state ${this.state}`);
-    if (this.wasRunning) await vm.machine.pause(timeoutMs);
+    // The mh mover stops only the workload vCPUs: the MH vCPUs keep serving until the commit.
+    if (this.wasRunning) await vm.machine.pause(timeoutMs, which);
     this.state = 'finish-migrate';
     if (this.wasRunning) this.emit('event', 'STOP', {});
   }
@@ -292,6 +293,29 @@ export class Vmm extends EventEmitter {
       this.state = 'running';
       this.emit('event', 'RESUME', {});
     } else this.state = 'paused';
+  }
+
+  /**
+   * Target of an `mh` migration: LAUNCH_FINISH and run the vCPUs while the run state stays
+   * `inmigrate` (the firmware boots as a migration target: its MH vCPUs serve the import, its
+   * workload vCPUs wait for the MH's RESUME after the commit).
+   */
+  async runIncoming(): Promise<void> {
+    const vm = this.need();
+    if (this.state !== 'prelaunch') throw new VmmError('bad-state', `an incoming guest runs from prelaunch, not ${this.state}`);
+    if (vm.handle !== null && this.sevState !== 'running') {
+      const h = vm.handle;
+      this.psp('LAUNCH_FINISH', () => this.platform.psp.launchFinish(h));
+      this.sevState = 'running';
+    }
+    await vm.machine.run();
+  }
+
+  /** Target of an `mh` migration, committed: the guest already runs (its MH resumed it). */
+  finishIncomingMh(): void {
+    this.need();
+    this.state = 'running';
+    this.emit('event', 'RESUME', {});
   }
 
   /** Throws the VM away without a SHUTDOWN event (a failed incoming migration). */

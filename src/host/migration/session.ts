@@ -32,6 +32,7 @@ import { runPrecopy, type PrecopyEmitted, type PrecopyHandle, type PrecopyResult
 import type { PrecopyCapabilities, PrecopyParams } from './precopy.js';
 import { PlainSourceMover, PlainTargetMover, type SourcePageMover, type TargetPageMover } from './plain-mover.js';
 import { WIRE_VERSION, decodeControl, decodeDeviceState, encodeControl, encodeDeviceState, type ControlMessage, type MoverName } from './plain-wire.js';
+import { startIncomingMh, startOutgoingMh, type MhOutgoingOptions } from './mh-migration.js';
 
 export type SessionErrorKind = 'refused' | 'protocol' | 'cancelled' | 'timeout' | 'mismatch';
 
@@ -133,6 +134,8 @@ export interface OutgoingOptions {
   maxInFlight?: number;
   /** Stop-and-copy bound (default the driver's 120 s). */
   finalTimeoutMs?: number;
+  /** Mover 'mh': the owner's ticket and the guest's MH vCPU count (mh-migration.ts). */
+  mh?: MhOutgoingOptions;
 }
 
 export interface OutgoingHooks {
@@ -154,6 +157,10 @@ export interface OutgoingMigration {
 }
 
 export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): OutgoingMigration {
+  if (opts.mover === 'mh') {
+    if (!opts.mh) throw new SessionError('refused', "the 'mh' page mover needs the owner's ticket (x-sevmig-ticket)");
+    return startOutgoingMh(opts, opts.mh, hooks);
+  }
   const { machine } = hooks;
   const connectMs = opts.connectTimeoutMs ?? SETUP_TIMEOUT_MS;
   const ac = new AbortController();
@@ -296,6 +303,9 @@ export interface IncomingOptions {
   events: boolean;
   acceptTimeoutMs?: number;
   setupTimeoutMs?: number;
+  /** Page mover this target expects (default 'plain'); 'mh' needs `mhCount` ≥ 1 (cmdline mh=N). */
+  mover?: MoverName;
+  mhCount?: number;
 }
 
 export interface IncomingHooks {
@@ -323,6 +333,7 @@ function qemuSocketAddress(a: SocketAddress): Record<string, string> {
 }
 
 export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks): Promise<IncomingMigration> {
+  if (opts.mover === 'mh') return startIncomingMh(opts, { ...hooks, mhCount: opts.mhCount ?? 0 });
   const { machine } = hooks;
   const listener: IncomingListener = await listenIncoming(opts.uri, { channels: opts.pageChannels, timeoutMs: opts.acceptTimeoutMs ?? DEFAULT_ACCEPT_TIMEOUT_MS });
   const log = (l: string): void => hooks.log?.(`incoming migration: ${l}`);

@@ -1,0 +1,604 @@
+/**
+ * Source and target of an `mh` migration (docs/migration.md "MH migration"), over the transport
+ * (transport.ts), the pre-copy driver (precopy-driver.ts) and the MH mailboxes (mh-mover.ts).
+ *
+ * Source: setup (SETUP ⇄ SETUP_OK, MH handshake through the target's MH) inside the driver's first
+ * dirty sync; every later sync ends the open epoch (BARRIER on each page channel, EPOCH_END on
+ * main); batches go as EXPORT_PAGES on the stream's owner, each record sent from its slot; stop =
+ * TOKEN QUIESCE then pause of the workload vCPUs; final = last pages, EXPORT_VCPU for every vCPU,
+ * EPOCH_END, START_TOKEN, COMPLETE, then the target's COMMIT (→ MH COMMIT) or ABORT (→ MH ABORT).
+ * After the start token the source never runs again without a valid ABORT from the target.
+ *
+ * Target: SETUP, the handshake on MH 0, then every record to MH 0 as IMPORT_RECORD (several in
+ * flight; a main-channel token waits for the page channels' BARRIER of its epoch and for the imports
+ * before it); COMPLETE → COMMIT, COMMIT record back, `finish()`. Any failure before commit: ABORT,
+ * the ABORT record back (best effort), `discard()`.
+ */
+import { PAGE_SIZE, type Gfn } from '../../platform/host-face.js';
+import { FRAME_HEADER_SIZE, FrameKind, type Frame } from '../../protocol/stream.js';
+import { peekHeader, RecordType } from '../../protocol/record.js';
+import { mhRegion, type MhRegion } from '../../protocol/mh-layout.js';
+import type { MigrationInfo } from '../qmp/backend.js';
+import type { MigrationStatusName } from '../qmp/gate.js';
+import { closeChannels, connectOutgoing, listenIncoming, TransportError, type Channel, type Channels, type IncomingListener } from './transport.js';
+import { runPrecopy, type PrecopyHandle, type SendResult } from './precopy-driver.js';
+import { WIRE_VERSION, encodeControl } from './plain-wire.js';
+import { decodeMainControl, encodeMhControl, type MainMessage } from './mh-wire.js';
+import { mapMhMailboxes, mhMigratable, MhError, MhSource, MhTarget, MhToken } from './mh-mover.js';
+import { SessionError, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './session.js';
+
+/** How long the hosts wait for the guest to set its MH mailboxes up. */
+export const MAILBOX_WAIT_MS = 10_000;
+const PAGES_PER_RECORD = 512;
+
+/** Test-only seams of the mh mover. */
+export interface MhTestHooks {
+  /** Source: the bytes to send for the n-th PAGES record (return a modified copy to tamper in transit). */
+  outgoingRecord?(record: Uint8Array, n: number): Uint8Array;
+}
+
+export interface MhOutgoingOptions {
+  ticket: Uint8Array;
+  /** MH vCPUs (cmdline mh=N). */
+  count: number;
+  test?: MhTestHooks;
+}
+
+type InboxItem = MainMessage | { type: 'record'; bytes: Uint8Array };
+
+/** Reads the main channel in the background; waiters take items in order. */
+class MainInbox {
+  private readonly queue: InboxItem[] = [];
+  private waiter: { resolve: (m: InboxItem) => void; reject: (e: Error) => void } | null = null;
+  private err: Error | null = null;
+
+  constructor(private readonly ch: Channel) {
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      for (;;) {
+        const f: Frame | null = await this.ch.next();
+        if (f === null) throw new SessionError('protocol', 'the peer ended the main channel');
+        if (f.kind === FrameKind.Control) this.push(decodeMainControl(f.payload));
+        else if (f.kind === FrameKind.Record) this.push({ type: 'record', bytes: f.payload });
+        else throw new SessionError('protocol', `unexpected frame kind ${f.kind} on the main channel`);
+      }
+    } catch (e) {
+      this.fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private push(m: InboxItem): void {
+    const w = this.waiter;
+    if (w) {
+      this.waiter = null;
+      w.resolve(m);
+    } else this.queue.push(m);
+  }
+
+  fail(e: Error): void {
+    if (this.err) return;
+    this.err = e;
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(e);
+  }
+
+  get error(): Error | null {
+    return this.err;
+  }
+
+  next(ms: number, what: string): Promise<InboxItem> {
+    const m = this.queue.shift();
+    if (m) return Promise.resolve(m);
+    if (this.err) return Promise.reject(this.err);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.waiter = null;
+        reject(new SessionError('timeout', `no ${what} from the peer within ${ms} ms`));
+      }, ms);
+      this.waiter = {
+        resolve: (v) => { clearTimeout(t); resolve(v); },
+        reject: (e) => { clearTimeout(t); reject(e); },
+      };
+    });
+  }
+
+  /** A queued item matching `pred`, taken out of the queue (used for a late ABORT record). */
+  take(pred: (m: InboxItem) => boolean): InboxItem | undefined {
+    const i = this.queue.findIndex(pred);
+    return i >= 0 ? this.queue.splice(i, 1)[0] : undefined;
+  }
+}
+
+function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+function recordType(bytes: Uint8Array): number {
+  try {
+    return peekHeader(bytes).type;
+  } catch {
+    return 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Source
+
+export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, hooks: OutgoingHooks): OutgoingMigration {
+  const { machine } = hooks;
+  const log = (l: string): void => hooks.log?.(`mh migration: ${l}`);
+  const connectMs = opts.connectTimeoutMs ?? SETUP_TIMEOUT_MS;
+  const region: MhRegion = mhRegion(machine.memory.sizeBytes, mh.count);
+  const ac = new AbortController();
+  const streams = 1 + opts.pageChannels;
+  let chans: Channels | null = null;
+  let inbox: MainInbox | null = null;
+  let src: MhSource | null = null;
+  let epoch = 0;
+  let sessionOpen = false;
+  let quiesced = false;
+  let startSent = false;
+  let aborted = false;
+  let records = 0;
+  let recordBytes = 0;
+  let recordPages = 0;
+  let rr = 0;
+
+  const cancelled = new Promise<never>((_, reject) => {
+    ac.signal.addEventListener('abort', () => reject(new SessionError('cancelled', 'migration cancelled during setup')), { once: true });
+  });
+  cancelled.catch(() => undefined);
+
+  const connect = async (): Promise<void> => {
+    if (mh.count < 1) throw new SessionError('refused', "the 'mh' page mover needs a guest with MH vCPUs (cmdline mh=N)");
+    if (streams > 64) throw new SessionError('refused', `${opts.pageChannels} page channels: the MH serves at most 63`);
+    const links = await Promise.race([mapMhMailboxes(machine, region, MAILBOX_WAIT_MS, ac.signal), cancelled]);
+    src = new MhSource(links, region);
+    const pending = connectOutgoing(opts.uri, { channels: opts.pageChannels, timeoutMs: connectMs });
+    pending.then((c) => { if (ac.signal.aborted) closeChannels(c); }, () => undefined);
+    const c = await Promise.race([pending, cancelled]);
+    chans = c;
+    inbox = new MainInbox(c.main);
+    await c.main.send(FrameKind.Control, encodeControl({ type: 'setup', version: WIRE_VERSION, memoryBytes: machine.config.memoryBytes, vcpus: machine.config.vcpus, mover: 'mh', pageChannels: opts.pageChannels }));
+    const reply = await Promise.race([inbox.next(connectMs, 'SETUP_OK'), cancelled]);
+    if (reply.type === 'error') throw new SessionError('refused', `the target refused the migration: ${reply.reason}`);
+    if (reply.type !== 'setup-ok') throw new SessionError('protocol', `expected SETUP_OK from the target, got ${reply.type}`);
+    // Handshake: ticket → source MH → message 1 → target MH (with the ticket) → message 2 → source MH.
+    const m1 = await src.handshakeBegin(mh.ticket, streams);
+    const both = new Uint8Array(mh.ticket.byteLength + m1.byteLength);
+    both.set(mh.ticket);
+    both.set(m1, mh.ticket.byteLength);
+    await c.main.send(FrameKind.Control, encodeMhControl({ type: 'handshake-1', bytes: both }));
+    const m2 = await Promise.race([inbox.next(connectMs, 'handshake message 2'), cancelled]);
+    if (m2.type === 'error') throw new SessionError('refused', `the target refused the handshake: ${m2.reason}`);
+    if (m2.type !== 'handshake-2') throw new SessionError('protocol', `expected handshake message 2, got ${m2.type}`);
+    await src.handshakeFinish(m2.bytes, streams);
+    sessionOpen = true;
+    log(`session open: ${mh.count} MH vCPUs, ${opts.pageChannels} page channels`);
+  };
+  let connecting: Promise<void> | null = null;
+
+  const need = (): { s: MhSource; c: Channels; ib: MainInbox } => {
+    const e = inbox?.error;
+    if (e) throw new SessionError('protocol', `main channel: ${e.message}`);
+    if (!src || !chans || !inbox || !sessionOpen) throw new SessionError('protocol', 'no session with the target');
+    return { s: src, c: chans, ib: inbox };
+  };
+
+  /** Ends the open epoch: BARRIER on every page channel, EPOCH_END on main. Exports of it are done. */
+  const endEpoch = async (): Promise<number> => {
+    const { s, c } = need();
+    const before = c.main.bytesSent + c.pages.reduce((n, p) => n + p.bytesSent, 0);
+    await Promise.all(c.pages.map((p) => p.send(FrameKind.Control, encodeMhControl({ type: 'barrier', epoch }))));
+    const tok = await s.token(MhToken.EPOCH_END, epoch);
+    await c.main.send(FrameKind.Record, tok);
+    epoch++;
+    return c.main.bytesSent + c.pages.reduce((n, p) => n + p.bytesSent, 0) - before;
+  };
+
+  const exportBatch = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
+    const { s, c } = need();
+    if (signal.aborted) throw new SessionError('cancelled', 'migration cancelled before sending pages');
+    const list = gfns.filter((g) => mhMigratable(machine, region, g));
+    const sends: Promise<number>[] = [];
+    for (let i = 0; i < list.length; i += PAGES_PER_RECORD) {
+      const part = list.slice(i, i + PAGES_PER_RECORD);
+      const stream = 1 + (rr++ % opts.pageChannels);
+      const ch = c.pages[stream - 1] as Channel;
+      const e = epoch;
+      sends.push(s.exportPages(stream, e, part).then(async (rec) => {
+        // Sent from the shared slot without a copy; the slot goes back once the socket has the bytes.
+        const n = records++;
+        const bytes = mh.test?.outgoingRecord ? mh.test.outgoingRecord(rec.bytes, n) : rec.bytes;
+        try {
+          await ch.send(FrameKind.Record, bytes);
+        } finally {
+          rec.release();
+        }
+        recordBytes += bytes.byteLength;
+        recordPages += part.length;
+        return FRAME_HEADER_SIZE + bytes.byteLength;
+      }));
+    }
+    const done = await Promise.allSettled(sends);
+    const bad = done.find((d) => d.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
+    return { bytes: done.reduce((n, d) => n + (d as PromiseFulfilledResult<number>).value, 0) };
+  };
+
+  const stopVm = async (): Promise<void> => {
+    const { s } = need();
+    // The guest parks its own workload vCPUs (saving their VMSAs), then the host stops them.
+    await s.token(MhToken.QUIESCE, epoch, 10_000);
+    quiesced = true;
+    await hooks.stopVm();
+  };
+
+  const resumeVm = async (): Promise<void> => {
+    if (startSent && !aborted) throw new SessionError('refused', 'the start token went out and no abort token came back: the source stays stopped (safety before liveness)');
+    if (src && sessionOpen && quiesced && !aborted) await src.token(MhToken.RESUME, epoch);
+    quiesced = false;
+    await hooks.resumeVm();
+  };
+
+  const sendFinal = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
+    const { s, c, ib } = need();
+    let bytes = 0;
+    if (gfns.length > 0) bytes += (await exportBatch(gfns, signal)).bytes;
+    const ch1 = c.pages[0] as Channel;
+    for (let v = 0; v < machine.config.vcpus; v++) {
+      const rec = await s.exportVcpu(1, epoch, v);
+      try {
+        await ch1.send(FrameKind.Record, rec.bytes);
+        bytes += FRAME_HEADER_SIZE + rec.bytes.byteLength;
+        records++;
+        recordBytes += rec.bytes.byteLength;
+      } finally {
+        rec.release();
+      }
+    }
+    bytes += await endEpoch();
+    if (signal.aborted) throw new SessionError('cancelled', 'migration cancelled before the start token');
+    const last = epoch - 1;
+    let start: Uint8Array;
+    try {
+      start = await s.token(MhToken.START, last);
+    } catch (e) {
+      // A refusal means the MH emitted nothing; a timeout leaves it unknown: then count it as sent.
+      if (!(e instanceof MhError && e.kind === 'status')) startSent = true;
+      throw e;
+    }
+    startSent = true;
+    await c.main.send(FrameKind.Record, start);
+    await c.main.send(FrameKind.Control, encodeControl({ type: 'complete', deviceFrames: 0 }));
+    bytes += 2 * FRAME_HEADER_SIZE + start.byteLength + 8;
+    const reply = await ib.next(opts.finalTimeoutMs ?? 110_000, 'COMMIT');
+    if (reply.type === 'record') {
+      const t = recordType(reply.bytes);
+      if (t === RecordType.COMMIT) {
+        await s.commit(reply.bytes);
+        log('committed: source keys zeroized, guest migrated away');
+        return { bytes };
+      }
+      if (t === RecordType.ABORT) {
+        await s.abort(reply.bytes);
+        aborted = true;
+        throw new SessionError('refused', 'the target aborted the migration');
+      }
+      throw new SessionError('protocol', `expected COMMIT or ABORT from the target, got record type ${t}`);
+    }
+    if (reply.type === 'error') throw new SessionError('refused', `the target failed the migration: ${reply.reason}`);
+    throw new SessionError('protocol', `expected COMMIT from the target, got ${reply.type}`);
+  };
+
+  const handle: PrecopyHandle = runPrecopy({
+    pageCount: machine.memory.pageCount,
+    params: opts.params,
+    capabilities: opts.capabilities,
+    engine: { batchPages: opts.batchPages ?? PAGES_PER_RECORD * opts.pageChannels, maxInFlight: opts.maxInFlight ?? 2 },
+    timeouts: { syncMs: connectMs * 2 + MAILBOX_WAIT_MS + 5_000, stopMs: 15_000, ...(opts.finalTimeoutMs !== undefined ? { finalMs: opts.finalTimeoutMs + 5_000 } : {}) },
+    migrationId: `to ${opts.uri.transport === 'tcp' ? `${opts.uri.host}:${opts.uri.port}` : opts.uri.path}`,
+    deps: {
+      syncDirty: async () => {
+        if (!connecting) {
+          connecting = connect();
+          await connecting;
+        } else {
+          await connecting;
+          await endEpoch();
+        }
+        return machine.memory.syncDirtyLog();
+      },
+      sendBatch: exportBatch,
+      stopVm,
+      resumeVm,
+      setThrottle: (p) => machine.setThrottle(p),
+      sendFinal,
+      now: () => performance.now(),
+      emit: (e) => hooks.emit(e),
+      ...(hooks.log ? { log: hooks.log } : {}),
+    },
+  });
+
+  const done = handle.done.then(async (r) => {
+    ac.abort();
+    const c = chans as Channels | null;
+    const ib = inbox as MainInbox | null;
+    if (c) {
+      if (r.status === 'completed') {
+        await c.main.end().catch(() => undefined);
+      } else if (!startSent || aborted) {
+        // Tell the target to discard its copy; its ABORT record closes the source MH's session so
+        // a later migration can open a new one.
+        await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
+        if (src && sessionOpen && !aborted && ib) {
+          try {
+            const deadline = performance.now() + 3_000;
+            for (;;) {
+              const m = ib.take((x) => x.type === 'record') ?? (await ib.next(Math.max(1, deadline - performance.now()), 'ABORT'));
+              if (m.type === 'record' && recordType(m.bytes) === RecordType.ABORT) {
+                await src.abort(m.bytes);
+                aborted = true;
+                log('the target aborted; source MH session closed');
+                break;
+              }
+            }
+          } catch (e) {
+            log(`no ABORT from the target: ${describe(e)}; the source MH keeps its session`);
+          }
+        }
+      }
+      closeChannels(c);
+    }
+    src?.close();
+    return r;
+  });
+
+  const multifdBytes = (): number => (chans && opts.multifd ? (chans as Channels).pages.reduce((n, p) => n + p.bytesSent, 0) : 0);
+  let final: MigrationInfo | null = null;
+  void done.then((r) => { final = r.info; });
+  const extra = (): MigrationInfo => ({
+    'x-sevmig-mover': 'mh',
+    'x-sevmig-records': records,
+    'x-sevmig-wire-overhead': recordPages > 0 ? Number(((recordBytes - recordPages * PAGE_SIZE) / (recordPages * PAGE_SIZE)).toFixed(6)) : 0,
+  });
+
+  return {
+    info: () => {
+      const i = final ?? handle.info();
+      if (i.ram) return { ...i, ram: { ...i.ram, 'multifd-bytes': multifdBytes() }, ...extra() };
+      return i.status ? { ...i, ...extra() } : i;
+    },
+    status: () => (final?.status ?? handle.status()) as MigrationStatusName,
+    cancel: () => {
+      handle.cancel();
+      if (!startSent) ac.abort();
+    },
+    setParameters: (p) => handle.setParameters(p),
+    done,
+  };
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new SessionError('timeout', `not done within ${ms} ms`)), ms);
+    p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target
+
+export interface MhIncomingHooks extends IncomingHooks {
+  /** MH vCPUs of the target guest (cmdline mh=N). */
+  mhCount: number;
+}
+
+/** Bound on imports in flight per page channel (the mailbox has 4 data slots). */
+const IMPORTS_PER_CHANNEL = 4;
+
+export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHooks): Promise<IncomingMigration> {
+  const { machine } = hooks;
+  const listener: IncomingListener = await listenIncoming(opts.uri, { channels: opts.pageChannels, timeoutMs: opts.acceptTimeoutMs ?? DEFAULT_ACCEPT_TIMEOUT_MS });
+  const log = (l: string): void => hooks.log?.(`incoming mh migration: ${l}`);
+  let status: MigrationStatusName = 'setup';
+  let error: string | undefined;
+  let chans: Channels | null = null;
+  let cancelled = false;
+  let committed = false;
+  let tgt: MhTarget | null = null;
+  let received = 0;
+  const startAt = performance.now();
+  let endAt = 0;
+
+  const setStatus = (s: MigrationStatusName): void => {
+    status = s;
+    log(`status ${s}`);
+    if (opts.events) hooks.emit({ event: 'MIGRATION', data: { status: s } });
+  };
+  if (opts.events) hooks.emit({ event: 'MIGRATION', data: { status: 'setup' } });
+
+  const run = async (): Promise<void> => {
+    const c = await listener.accept();
+    chans = c;
+    if (cancelled) throw new SessionError('cancelled', 'incoming migration cancelled');
+    setStatus('active');
+    const setupMs = opts.setupTimeoutMs ?? SETUP_TIMEOUT_MS;
+    const ib = new MainInbox(c.main);
+    const setup = await ib.next(setupMs, 'SETUP');
+    if (setup.type !== 'setup') throw new SessionError('protocol', `expected SETUP, got ${setup.type}`);
+    const cfg = machine.config;
+    const mismatch =
+      setup.version !== WIRE_VERSION ? `wire version ${setup.version}, this host speaks ${WIRE_VERSION}`
+      : setup.memoryBytes !== cfg.memoryBytes ? `source memory ${setup.memoryBytes} bytes, target ${cfg.memoryBytes}`
+      : setup.vcpus !== cfg.vcpus ? `source has ${setup.vcpus} vCPUs, target ${cfg.vcpus}`
+      : setup.pageChannels !== c.pages.length ? `source uses ${setup.pageChannels} page channels, target ${c.pages.length}`
+      : setup.mover !== 'mh' ? `this target expects the 'mh' page mover, the source uses '${setup.mover}'`
+      : hooks.mhCount < 1 ? 'the target guest has no MH vCPUs (cmdline mh=N)'
+      : null;
+    if (mismatch !== null) {
+      await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: mismatch })).catch(() => undefined);
+      throw new SessionError('mismatch', mismatch);
+    }
+    const region = mhRegion(cfg.memoryBytes, hooks.mhCount);
+    const [link0] = await mapMhMailboxes(machine, region, MAILBOX_WAIT_MS);
+    const t = new MhTarget(link0 as NonNullable<typeof link0>);
+    tgt = t;
+    await c.main.send(FrameKind.Control, encodeControl({ type: 'setup-ok' }));
+    const hs = await ib.next(setupMs, 'handshake message 1');
+    if (hs.type === 'cancel') throw new SessionError('cancelled', 'the source cancelled the migration');
+    if (hs.type !== 'handshake-1') throw new SessionError('protocol', `expected handshake message 1, got ${hs.type}`);
+    let m2: Uint8Array;
+    try {
+      m2 = await t.handshake(hs.bytes, 1 + c.pages.length);
+    } catch (e) {
+      await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: describe(e) })).catch(() => undefined);
+      throw e;
+    }
+    await c.main.send(FrameKind.Control, encodeMhControl({ type: 'handshake-2', bytes: m2 }));
+
+    // Imports: in arrival order per channel, several in flight; the first failure fails everything.
+    let failure: Error | null = null;
+    const inflight = new Set<Promise<void>>();
+    const importOne = (bytes: Uint8Array): Promise<void> => {
+      const p = t.importRecord(bytes).catch((e: unknown) => {
+        failure ??= e instanceof Error ? e : new Error(String(e));
+        closeChannels(c);
+      });
+      inflight.add(p);
+      void p.finally(() => inflight.delete(p));
+      received += bytes.byteLength;
+      return p;
+    };
+    const barriers = c.pages.map(() => -1);
+    let barrierWake: (() => void) | null = null;
+    const pageLoop = async (ch: Channel, idx: number): Promise<void> => {
+      const mine: Promise<void>[] = [];
+      for (;;) {
+        const f = await ch.next();
+        if (f === null) return;
+        if (f.kind === FrameKind.Record) {
+          mine.push(importOne(f.payload));
+          if (mine.length >= IMPORTS_PER_CHANNEL) await mine.shift();
+        } else if (f.kind === FrameKind.Control) {
+          const m = decodeMainControl(f.payload);
+          if (m.type !== 'barrier') throw new SessionError('protocol', `unexpected ${m.type} on page channel ${idx + 1}`);
+          barriers[idx] = m.epoch;
+          barrierWake?.();
+        } else throw new SessionError('protocol', `unexpected frame kind ${f.kind} on page channel ${idx + 1}`);
+      }
+    };
+    const waitBarriers = async (e: number): Promise<void> => {
+      const deadline = performance.now() + 60_000;
+      while (barriers.some((b) => b < e)) {
+        if (failure) throw failure;
+        if (performance.now() > deadline) throw new SessionError('timeout', `page channels did not reach the end of epoch ${e}`);
+        await new Promise<void>((r) => {
+          const tm = setTimeout(r, 100);
+          barrierWake = () => { clearTimeout(tm); r(); };
+        });
+      }
+    };
+    const drain = async (): Promise<void> => {
+      while (inflight.size > 0) await Promise.all([...inflight]);
+      if (failure) throw failure;
+    };
+    const mainLoop = async (): Promise<void> => {
+      for (;;) {
+        const m = await ib.next(600_000, 'records');
+        if (m.type === 'record') {
+          let h;
+          try {
+            h = peekHeader(m.bytes);
+          } catch (e) {
+            throw new SessionError('protocol', `bad record on the main channel: ${describe(e)}`);
+          }
+          if (h.type === RecordType.EPOCH_END) await waitBarriers(h.epoch);
+          await drain();
+          await importOne(m.bytes);
+          if (failure) throw failure;
+          continue;
+        }
+        if (m.type === 'cancel') throw new SessionError('cancelled', 'the source cancelled the migration');
+        if (m.type === 'complete') return;
+        throw new SessionError('protocol', `unexpected ${m.type} on the main channel`);
+      }
+    };
+    const loops = c.pages.map((p, i) => pageLoop(p, i));
+    for (const l of loops) l.catch(() => undefined);
+    try {
+      await mainLoop();
+      await drain();
+    } catch (e) {
+      throw failure ?? e;
+    }
+    const rec = await t.commit();
+    committed = true;
+    log('committed');
+    await c.main.send(FrameKind.Record, rec).catch((e: unknown) => log(`COMMIT record not delivered: ${describe(e)}`));
+    await hooks.finish([]);
+    await c.main.end().catch(() => undefined);
+  };
+
+  const done = run().then(
+    () => {
+      endAt = performance.now();
+      listener.close();
+      if (chans) setTimeout(() => closeChannels(chans as Channels), 1_000).unref();
+      tgt?.close();
+      setStatus('completed');
+      return { status: 'completed' as const };
+    },
+    async (e: unknown) => {
+      endAt = performance.now();
+      error = e instanceof TransportError || e instanceof SessionError || e instanceof MhError ? e.message : describe(e);
+      listener.close();
+      const t = tgt as MhTarget | null;
+      const c = chans as Channels | null;
+      if (t && !committed) {
+        try {
+          const rec = await t.abort();
+          if (c) await withTimeout(c.main.send(FrameKind.Record, rec), 2_000).catch(() => undefined);
+          log('aborted');
+        } catch (a) {
+          log(`ABORT: ${describe(a)}`);
+        }
+      }
+      if (c) closeChannels(c);
+      t?.close();
+      try {
+        await hooks.discard(error);
+      } catch (d) {
+        log(`discard failed: ${describe(d)}`);
+      }
+      setStatus('failed');
+      return { status: 'failed' as const, error };
+    },
+  );
+
+  return {
+    socketAddress: listener.socketAddress,
+    info: () => {
+      const a = listener.socketAddress;
+      const i: MigrationInfo = { status, 'socket-address': [a.type === 'inet' ? { type: 'inet', host: a.host, port: String(a.port) } : { type: 'unix', path: a.path }] };
+      if (status === 'completed') i['total-time'] = Math.round(endAt - startAt);
+      if (status === 'failed' && error !== undefined) i['error-desc'] = error;
+      i['x-sevmig-mover'] = 'mh';
+      i['x-sevmig-records'] = tgt?.imported ?? 0;
+      i['x-sevmig-bytes-received'] = received;
+      return i;
+    },
+    status: () => status,
+    cancel: () => {
+      if (status !== 'setup' && status !== 'active') return;
+      cancelled = true;
+      listener.close();
+      if (chans) closeChannels(chans);
+    },
+    done,
+  };
+}
