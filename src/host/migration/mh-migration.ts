@@ -106,6 +106,10 @@ class MainInbox {
     });
   }
 
+  queued(): number {
+    return this.queue.length;
+  }
+
   /** A queued item matching `pred`, taken out of the queue (used for a late ABORT record). */
   take(pred: (m: InboxItem) => boolean): InboxItem | undefined {
     const i = this.queue.findIndex(pred);
@@ -185,6 +189,8 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   const need = (): { s: MhSource; c: Channels; ib: MainInbox } => {
     const e = inbox?.error;
     if (e) throw new SessionError('protocol', `main channel: ${e.message}`);
+    // During pre-copy the target only speaks to refuse: an ABORT record or an ERROR (left queued for the end).
+    if (inbox?.queued()) throw new SessionError('refused', 'the target aborted the migration');
     if (!src || !chans || !inbox || !sessionOpen) throw new SessionError('protocol', 'no session with the target');
     return { s: src, c: chans, ib: inbox };
   };
@@ -467,7 +473,8 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
     const importOne = (bytes: Uint8Array): Promise<void> => {
       const p = t.importRecord(bytes).catch((e: unknown) => {
         failure ??= e instanceof Error ? e : new Error(String(e));
-        closeChannels(c);
+        // Wakes the main loop, which answers with ABORT on the still-open main channel.
+        ib.fail(failure);
       });
       inflight.add(p);
       void p.finally(() => inflight.delete(p));
