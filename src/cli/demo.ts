@@ -1,10 +1,12 @@
 /**
  * `sevmig demo`: the main job, end to end, on this machine.
  *
- * Today (the foundation): starts a host process, launches a confidential guest over QMP as its
- * owner (session → launch → measure → verify → inject secret → cont), lets the `ab` workload run,
- * and checks from the serial console that the guest received the secret (a proof of possession,
- * not the secret) and that the workload is dirtying memory.
+ * Starts a host process, launches a confidential guest over QMP as its owner (session → launch →
+ * measure → verify → inject secret → cont), lets the workload run and checks from the serial
+ * console that the guest received the secret (a proof of possession, not the secret) and that the
+ * workload is dirtying memory. Then (unless --no-migrate) starts a second host process and
+ * live-migrates the running guest to it through the Migration Handler (demo-migrate.ts), and the
+ * guest checks itself there.
  */
 import type { Command } from 'commander';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,11 +23,15 @@ import { emulatedArkCert, emulatedAskCert } from '../protocol/sev/emulated-roots
 import { defaultFirmwareImage } from './firmware.js';
 import { spawnHost, type HostProcess } from './spawn-host.js';
 import { CliError } from './errors.js';
+import { migrateAndCheck, type MigrationSummary } from './demo-migrate.js';
 
 interface DemoFlags {
   sevEs: boolean;
   memory: string;
   vcpus: string;
+  mhVcpus: string;
+  workloadSize: string;
+  migrate: boolean;
   workload: string;
   runMs: string;
   json: boolean;
@@ -42,6 +48,7 @@ export interface DemoResult {
   dirtyRatePagesPerSec: number;
   verified: string[];
   console: string[];
+  migration?: MigrationSummary;
 }
 
 interface Stats {
@@ -67,10 +74,16 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
   const runMs = Number(flags.runMs);
   if (!Number.isFinite(runMs) || runMs < 0 || runMs > 600_000) throw new CliError(`--run-ms must be 0..600000, got '${flags.runMs}'`);
   if (!['ab', 'pattern', 'idle'].includes(flags.workload)) throw new CliError(`--workload must be ab, pattern or idle, got '${flags.workload}'`);
+  const mhVcpus = Number(flags.mhVcpus);
+  if (!Number.isInteger(mhVcpus) || mhVcpus < 0 || mhVcpus > 8) throw new CliError(`--mh-vcpus must be 0..8, got '${flags.mhVcpus}'`);
+  if (flags.migrate && mhVcpus < 1) throw new CliError('migration needs at least one MH vCPU (--mh-vcpus 1), or --no-migrate');
+  const workloadSize = parseSize(flags.workloadSize);
   const sevType = flags.sevEs ? 'sev-es' : 'sev';
   const dir = mkdtempSync(join(tmpdir(), 'sevmig-demo-'));
   let host: HostProcess | null = null;
+  let hostB: HostProcess | null = null;
   let client: QmpClient | null = null;
+  let clientB: QmpClient | null = null;
   let store: OwnerStore | null = null;
   try {
     store = OwnerStore.open(flags.store ?? join(dir, 'owner.db'));
@@ -85,23 +98,27 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
 
     const passphrase = new TextEncoder().encode(`demo-passphrase-${randomBytes(6).toString('hex')}\0`);
     const proofKey = new Uint8Array(randomBytes(32));
-    const cmdline = `workload=${flags.workload}`;
-    say(`launching a ${sevType.toUpperCase()} guest (${flags.memory}, ${vcpus} vCPU${vcpus > 1 ? 's' : ''}, ${cmdline}) as its owner…`);
+    const cmdline = `workload=${flags.workload} size=${workloadSize}${mhVcpus > 0 ? ` mh=${mhVcpus}` : ''}`;
+    const totalVcpus = vcpus + mhVcpus;
+    say(`launching a ${sevType.toUpperCase()} guest (${flags.memory}, ${vcpus} vCPU${vcpus > 1 ? 's' : ''}${mhVcpus > 0 ? ` + ${mhVcpus} MH vCPU${mhVcpus > 1 ? 's' : ''}` : ''}, ${cmdline}) as its owner…`);
     const t0 = performance.now();
-    const launch = await launchGuest(client, store, {
-      name: 'demo',
+    const guestSpec = {
       memoryBytes,
-      vcpus,
+      vcpus: totalVcpus,
       sevType,
       policy: flags.sevEs ? 0x05 : 0x01,
       firmware,
       firmwarePath,
       cmdline,
+      amdRoots: { ark: emulatedArkCert(), ask: emulatedAskCert() },
+    } as const;
+    const launch = await launchGuest(client, store, {
+      ...guestSpec,
+      name: 'demo',
       secrets: [
         { guid: DISK_PASSPHRASE_GUID, data: passphrase },
         { guid: SEVMIG_DEMO_SECRET_GUID, data: proofKey },
       ],
-      amdRoots: { ark: emulatedArkCert(), ask: emulatedAskCert() },
     });
     const bootToRunningMs = performance.now() - t0;
     for (const s of launch.steps) say(`  ✔ ${s.step.padEnd(58)} ${s.ms.toFixed(1).padStart(8)} ms`);
@@ -139,6 +156,32 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
       `guest running the ${flags.workload} workload: ${rate > 0 ? `${Math.round(rate).toLocaleString('en-US')} pages/s dirtied on ${latest.size} vCPU(s)` : 'no stats yet'}`,
     ];
     if (flags.workload !== 'idle' && latest.size === 0) throw new CliError('the workload printed no statistics');
+
+    let migration: MigrationSummary | undefined;
+    if (flags.migrate) {
+      say(`starting a second host process…`);
+      hostB = await spawnHost(dir, 'host-b');
+      say(`  host pid ${hostB.pid}, QMP ${hostB.qmp}`);
+      clientB = await QmpClient.connect(hostB.qmp, { timeoutMs: 10_000, commandTimeoutMs: 60_000 });
+      say(`live-migrating the running guest from host A to host B (the owner launches and attests B, then authorizes)…`);
+      migration = await migrateAndCheck({
+        source: c,
+        target: clientB,
+        store,
+        sourceInstance: launch.instanceId ?? '',
+        launch: { ...guestSpec, name: 'demo-target', secrets: [{ guid: DISK_PASSPHRASE_GUID, data: passphrase }] },
+        workloadVcpus: vcpus,
+        interactive: !!process.stdout.isTTY && !flags.json,
+        say,
+      });
+      const bad = migration.checks.filter((x) => !x.ok);
+      if (bad.length > 0) throw new CliError(`the guest's own check failed on host B for vCPU(s) ${bad.map((x) => x.vcpu).join(', ')}`);
+      verified.push(
+        `live migration completed in ${Math.round(migration.totalTimeMs)} ms (downtime ${Math.round(migration.downtimeMs)} ms, ${migration.passes} passes, ${(migration.transferredBytes / 2 ** 20).toFixed(1)} MiB, ${migration.throughputGBps.toFixed(2)} GB/s); host A carried and sent only ciphertext`,
+        `the guest checked itself on host B: every ${flags.workload} vCPU reports ok; host A is '${migration.sourceRunState}', host B '${migration.targetRunState}'`,
+      );
+      await clientB.execute('quit').catch(() => undefined);
+    }
     await c.execute('quit').catch(() => undefined);
     return {
       ok: true,
@@ -150,10 +193,13 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
       dirtyRatePagesPerSec: Math.round(rate),
       verified,
       console: lines.slice(-20),
+      ...(migration ? { migration } : {}),
     };
   } finally {
     await client?.close().catch(() => undefined);
+    await clientB?.close().catch(() => undefined);
     await host?.stop();
+    await hostB?.stop();
     store?.close();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -162,10 +208,13 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
 export function registerDemo(program: Command): void {
   program
     .command('demo')
-    .description('boot and attest a confidential guest in a separate host process, inject its secret and verify it')
+    .description('boot and attest a confidential guest in a host process, then live-migrate it to a second host process and verify it there')
     .option('--sev-es', 'SEV-ES guest (encrypted register state, VMSAs measured)', false)
     .option('--memory <size>', 'guest RAM', '512M')
-    .option('--vcpus <n>', 'guest vCPUs', '2')
+    .option('--vcpus <n>', 'guest vCPUs running the workload', '2')
+    .option('--mh-vcpus <n>', 'Migration Handler vCPUs (auxiliary, inside the guest)', '1')
+    .option('--workload-size <size>', 'RAM the workload writes to', '16M')
+    .option('--no-migrate', 'stop after the launch (no second host, no migration)')
     .option('--workload <name>', 'ab | pattern | idle', 'ab')
     .option('--run-ms <ms>', 'how long to let the workload run', '1500')
     .option('--store <path>', 'owner key store (default: a temporary one)')

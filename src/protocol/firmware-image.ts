@@ -89,6 +89,12 @@ export const FW_SHARED_SIZE = 0x1000;
 export const FW_PRIVATE_BASE = 0x00812000;
 export const FW_PRIVATE_SIZE = 0x01000000 - 0x00812000;
 export const WORKLOAD_RAM_START = 0x01000000;
+/**
+ * The Migration Handler's key region inside the firmware-private area: never exported, never
+ * imported (its keys must not travel). The guest keeps its key page there; a host mover skips it.
+ */
+export const FW_MH_KEYS_BASE = FW_PRIVATE_BASE + 0x2000;
+export const FW_MH_KEYS_SIZE = 0xc000;
 /** Smallest guest the firmware boots: the fixed map above plus 16 MiB of workload RAM. */
 export const FW_MIN_RAM_BYTES = 0x02000000;
 

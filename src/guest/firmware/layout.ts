@@ -22,7 +22,7 @@
  * | 0x100 | 0xF00 | verified cmdline bytes (UTF-8, no NUL)                           |
  */
 import { gpa, type Gpa } from '../../platform/address.js';
-import { FW_PRIVATE_BASE, WORKLOAD_RAM_START } from '../../protocol/firmware-image.js';
+import { FW_MH_KEYS_BASE, FW_MH_KEYS_SIZE, FW_PRIVATE_BASE, WORKLOAD_RAM_START } from '../../protocol/firmware-image.js';
 
 export const STATE_PAGE: Gpa = gpa(FW_PRIVATE_BASE);
 export const STATE_MAGIC = 'SVMGFWST';
@@ -32,8 +32,8 @@ export const BootStatus = { BOOTING: 0, RUNNING: 1, REFUSED: 2 } as const;
 
 export const KEPT_SECRETS: Gpa = gpa(FW_PRIVATE_BASE + 0x1000);
 export const KEPT_SECRETS_MAX = 0x1000;
-export const MH_RESERVED: Gpa = gpa(FW_PRIVATE_BASE + 0x2000);
-export const MH_RESERVED_SIZE = 0xc000;
+export const MH_RESERVED: Gpa = gpa(FW_MH_KEYS_BASE);
+export const MH_RESERVED_SIZE = FW_MH_KEYS_SIZE;
 
 export const VERSION_TABLE: Gpa = gpa(0x00820000);
 export const VERSION_TABLE_MAX_PAGES = (WORKLOAD_RAM_START - 0x00820000) / 4;

@@ -14,7 +14,7 @@
  * - {@link mhMigratable}: which frames the host offers the source MH (the MH refuses the others).
  */
 import { gfn, type HostMachine } from '../../platform/host-face.js';
-import { FW_PRIVATE_BASE } from '../../protocol/firmware-image.js';
+import { FW_MH_KEYS_BASE, FW_MH_KEYS_SIZE } from '../../protocol/firmware-image.js';
 import { CompletionStatus, HostMailbox, MailboxError, MailboxOp, viewsOver, type Completion, type RequestDescriptor } from '../../protocol/mailbox/index.js';
 import { MH_GEOMETRY, inMhRegion, mailboxGpa, streamOwner, type MhRegion } from '../../protocol/mh-layout.js';
 import { MAX_PAGES_PER_RECORD } from '../../protocol/record.js';
@@ -35,12 +35,8 @@ export type MhTokenKind = (typeof MhToken)[keyof typeof MhToken];
 const STATUS_NAMES = Object.fromEntries(Object.entries(CompletionStatus).map(([k, v]) => [v, k])) as Record<number, string>;
 const OP_NAMES = Object.fromEntries(Object.entries(MailboxOp).map(([k, v]) => [v, k])) as Record<number, string>;
 
-/**
- * The MH key region (guest/firmware/layout.ts MH_RESERVED = FW_PRIVATE_BASE + 0x2000, 0xC000 bytes):
- * never migrated. Duplicated here because host code may not import guest code; protocol/ should
- * publish it (see the mh mover's report).
- */
-export const MH_KEY_REGION = { first: (FW_PRIVATE_BASE + 0x2000) / 4096, pages: 0xc000 / 4096 } as const;
+/** The MH key region the firmware image publishes (protocol/firmware-image.ts): never migrated. */
+export const MH_KEY_REGION = { first: FW_MH_KEYS_BASE / 4096, pages: FW_MH_KEYS_SIZE / 4096 } as const;
 
 /** Default bound of one MH request (QUIESCE alone may take 2 s in the guest). */
 export const MH_REQUEST_TIMEOUT_MS = 20_000;

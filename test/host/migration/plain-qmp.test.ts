@@ -50,7 +50,7 @@ test('x-sevmig-mover is validated; plain refuses SEV guests; unsupported capabil
     await run(b, 'cont');
     await rejects(run(b, 'migrate', { uri: 'tcp:127.0.0.1:9' }), /'plain' page mover cannot migrate a 'sev' guest: its pages are ciphertext/);
     await run(b, 'migrate-set-parameters', { 'x-sevmig-mover': 'mh' });
-    await rejects(run(b, 'migrate', { uri: 'tcp:127.0.0.1:9' }), /'mh' page mover is not available/);
+    await rejects(run(b, 'migrate', { uri: 'tcp:127.0.0.1:9' }), /'mh' page mover needs a guest with MH vCPUs/);
     assert.deepEqual(await run(b, 'query-migrate'), {});
     assert.equal(b.runState(), 'running');
     await run(b, '__com.sevmig_guest-fw-cfg', { name: 'opt/sevmig/check', string: '1' });
