@@ -7,14 +7,35 @@ import { spawnSync } from 'node:child_process';
 
 const BIN = new URL('../../../bin/sevmig.js', import.meta.url).pathname;
 
-test('sevmig demo --json: a separate host process boots, attests and runs the guest', () => {
-  const r = spawnSync(process.execPath, [BIN, 'demo', '--json', '--run-ms', '600', '--memory', '128M'], { encoding: 'utf8', timeout: 60_000 });
+interface DemoOut {
+  ok: boolean;
+  host: { pid: number };
+  verified: string[];
+  dirtyRatePagesPerSec: number;
+  migration?: { status: string; checks: { vcpu: number; ok: boolean }[]; sourceRunState: string; targetRunState: string; transferredBytes: number };
+}
+
+test('sevmig demo --json: boots and attests a guest in one host process, live-migrates it to another, the guest checks ok there', () => {
+  const r = spawnSync(process.execPath, [BIN, 'demo', '--json', '--run-ms', '600', '--memory', '128M'], { encoding: 'utf8', timeout: 120_000 });
   assert.equal(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { ok: boolean; host: { pid: number }; verified: string[]; dirtyRatePagesPerSec: number };
+  const out = JSON.parse(r.stdout) as DemoOut;
   assert.equal(out.ok, true);
   assert.notEqual(out.host.pid, process.pid);
-  assert.equal(out.verified.length, 4);
+  assert.equal(out.verified.length, 6);
   assert.ok(out.dirtyRatePagesPerSec > 0);
+  assert.equal(out.migration?.status, 'completed');
+  assert.deepEqual(out.migration?.checks.map((c) => c.ok), [true, true]);
+  assert.equal(out.migration?.sourceRunState, 'postmigrate');
+  assert.equal(out.migration?.targetRunState, 'running');
+  assert.ok((out.migration?.transferredBytes ?? 0) > 0);
+});
+
+test('sevmig demo --no-migrate stops after the launch', () => {
+  const r = spawnSync(process.execPath, [BIN, 'demo', '--json', '--no-migrate', '--run-ms', '300', '--memory', '64M'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as DemoOut;
+  assert.equal(out.verified.length, 4);
+  assert.equal(out.migration, undefined);
 });
 
 test('sevmig demo rejects bad flags with one clear line and no stack trace', () => {
