@@ -9,6 +9,7 @@
  *   dirty-rate  pages/s the `ab` and `pattern` workloads dirty on 1 and 2 vCPUs (from the guest's stats)
  *   dirty-sync  host cost of one dirty-log sync per GiB, clean and fully dirty
  *   records     seal/open throughput of migration records (1..512 pages), wire overhead per page
+ *   migration   live migration of a confidential guest between two host processes (idle filled / ab; 1, 2, 4 MH vCPUs)
  */
 import { parseArgs } from 'node:util';
 import { parseSize } from '../src/platform/address.js';
@@ -16,6 +17,7 @@ import { newRun, formatTable, saveRun, type Row } from './report.js';
 import { benchBoot, benchDirtyRates } from './guest-scenarios.js';
 import { benchDirtySync } from './dirty-sync.js';
 import { benchRecords } from './records.js';
+import { benchMigration } from './migration.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -38,6 +40,7 @@ async function main(): Promise<void> {
   if (want('dirty-rate')) add(await benchDirtyRates({ memoryBytes, runMs, progress }));
   if (want('dirty-sync')) add(benchDirtySync({ memoryBytes, progress }));
   if (want('records')) add(benchRecords({ progress }));
+  if (want('migration')) add(await benchMigration({ memoryBytes, progress }));
 
   const file = saveRun(run, values.out!);
   process.stdout.write(`${formatTable(run.rows)}\n\nresults: ${file}\n`);
