@@ -303,6 +303,8 @@ export class VmmBackend implements QmpBackend {
       'query-migrate-capabilities': async () => [...this.capabilities].map(([capability, state]) => ({ capability, state })),
       '__com.sevmig_vm-create': async (a) => {
         this.create(a);
+        // QEMU preallocates before the machine starts: vm-create returns once RAM is faulted in.
+        if (a.prealloc) await this.wrap(() => this.vmm.current?.machine.preallocate());
         return {};
       },
       '__com.sevmig_guest-console': async (a) => {

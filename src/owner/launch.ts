@@ -38,6 +38,8 @@ export interface GuestLaunchOptions {
   start?: boolean;
   /** Create the VM in incoming mode (a migration target: QEMU's `-incoming defer`). */
   incoming?: boolean;
+  /** Ask the host to fault the guest's RAM in before launch (QEMU's `prealloc=on`). */
+  prealloc?: boolean;
   /**
    * The Migration Handler's identity: 'fresh' (default) makes a new instance with a new identity
    * and no peer; a migration target passes the entry `authorizeMigration` returned; 'none' gives the
@@ -111,6 +113,7 @@ export async function launchGuest(client: QmpClient, store: OwnerStore, o: Guest
       cmdline: o.cmdline,
       'kernel-hashes': true,
       ...(o.incoming ? { incoming: true } : {}),
+      ...(o.prealloc ? { prealloc: true } : {}),
       ...(o.firmwarePath ? { firmware: o.firmwarePath } : {}),
     }, timeout),
   );

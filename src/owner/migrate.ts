@@ -66,6 +66,8 @@ export async function migrateGuest(source: QmpClient, target: QmpClient, store: 
     ...o.target,
     start: false,
     incoming: true,
+    // A target's first touch of each page would otherwise land inside the migration (and its downtime).
+    prealloc: o.target.prealloc ?? true,
     mh: (launchId) => {
       auth = authorizeMigration(store, { sourceInstance: o.sourceInstance, targetLaunchId: launchId, ...(o.features !== undefined ? { features: o.features } : {}) });
       return { entry: auth.targetSecretEntry, instanceId: auth.targetInstanceId };

@@ -125,7 +125,26 @@ export interface Pair {
   source: Guest;
   target: Guest;
   ticket: Uint8Array;
+  /** The source's identity private key (for a second target provisioned with its public key). */
+  sourceIdentity: Uint8Array;
+  spec: { memoryBytes: number; vcpus: number; mh: number; cmdline: string };
   close(): Promise<void>;
+}
+
+/** A migration ticket from `pair`'s source to a target identity, signed by the pair's owner. */
+export function ticketFor(pair: Pick<Pair, 'owner' | 'sourceIdentity'>, targetIdentity: Uint8Array): Uint8Array {
+  const now = Date.now();
+  return signTicket(
+    { version: 1, features: 0, migrationId: new Uint8Array(randomBytes(16)), sourcePublic: x25519PublicKey(pair.sourceIdentity), targetPublic: x25519PublicKey(targetIdentity), notBefore: now - 60_000, notAfter: now + 600_000 },
+    pair.owner.priv,
+  );
+}
+
+/** A fresh target for `pair`'s source (same owner, provisioned with the source's public key) and a new ticket naming it. */
+export async function bootFreshTarget(pair: Pair): Promise<{ target: Guest; ticket: Uint8Array }> {
+  const dst = new Uint8Array(randomBytes(32));
+  const target = await bootGuest({ ...pair.spec, owner: pair.owner, identity: dst, peer: x25519PublicKey(pair.sourceIdentity) });
+  return { target, ticket: ticketFor(pair, dst) };
 }
 
 export async function bootPair(o: { memoryBytes: number; vcpus: number; mh: number; cmdline: string }): Promise<Pair> {
@@ -134,16 +153,14 @@ export async function bootPair(o: { memoryBytes: number; vcpus: number; mh: numb
   const dst = new Uint8Array(randomBytes(32));
   const source = await bootGuest({ ...o, owner, identity: src });
   const target = await bootGuest({ ...o, owner, identity: dst, peer: x25519PublicKey(src) });
-  const now = Date.now();
-  const ticket = signTicket(
-    { version: 1, features: 0, migrationId: new Uint8Array(randomBytes(16)), sourcePublic: x25519PublicKey(src), targetPublic: x25519PublicKey(dst), notBefore: now - 60_000, notAfter: now + 600_000 },
-    owner.priv,
-  );
+  const ticket = ticketFor({ owner, sourceIdentity: src }, dst);
   return {
     owner,
     source,
     target,
     ticket,
+    sourceIdentity: src,
+    spec: o,
     async close() {
       await Promise.all([source.destroy(), target.destroy()]);
     },

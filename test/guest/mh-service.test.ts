@@ -12,32 +12,34 @@ import { checkAb } from '../../src/guest/workloads/ab.js';
 import { workloadRange } from '../../src/guest/workloads/index.js';
 import { parseCmdline, workloadCmdline } from '../../src/guest/firmware/cmdline.js';
 import { FW_CFG_CHECK } from '../../src/guest/workloads/common.js';
-import { bootPair, call, MiB, type Guest, type Pair } from './mh-service-rig.js';
+import { bootFreshTarget, bootPair, call, MiB, type Guest, type Pair } from './mh-service-rig.js';
 
 const PAGES_PER_RECORD = 512;
 
 interface Session {
   pair: Pair;
+  target: Guest;
   streams: number;
   src: HostMailbox[];
   tgt0: HostMailbox;
 }
 
-async function handshake(pair: Pair): Promise<Session> {
+/** Source handshake with `target` (default: the pair's) under `ticket` (default: the pair's). */
+async function handshake(pair: Pair, target: Guest = pair.target, ticket: Uint8Array = pair.ticket): Promise<Session> {
   const n = pair.source.region.count;
   const streams = n + 1;
   const src = await Promise.all(Array.from({ length: n }, (_, k) => pair.source.mailbox(k)));
-  const tgt0 = await pair.target.mailbox(0);
-  const m1 = await call(src[0] as HostMailbox, { op: Op.HandshakeMsg, stream: streams }, pair.ticket);
+  const tgt0 = await target.mailbox(0);
+  const m1 = await call(src[0] as HostMailbox, { op: Op.HandshakeMsg, stream: streams }, ticket);
   assert.equal(m1.c.status, S.Ok, 'source: message 1');
-  const both = new Uint8Array(pair.ticket.byteLength + m1.out.byteLength);
-  both.set(pair.ticket);
-  both.set(m1.out, pair.ticket.byteLength);
+  const both = new Uint8Array(ticket.byteLength + m1.out.byteLength);
+  both.set(ticket);
+  both.set(m1.out, ticket.byteLength);
   const m2 = await call(tgt0, { op: Op.HandshakeMsg, stream: streams }, both);
-  assert.equal(m2.c.status, S.Ok, 'target: message 2');
+  assert.equal(m2.c.status, S.Ok, `target: message 2 (status ${m2.c.status})`);
   const fin = await call(src[0] as HostMailbox, { op: Op.HandshakeMsg, stream: streams }, m2.out);
   assert.equal(fin.c.status, S.Ok, 'source: finish');
-  return { pair, streams, src, tgt0 };
+  return { pair, target, streams, src, tgt0 };
 }
 
 /** The source MH vCPU's mailbox serving stream s. */
@@ -45,7 +47,7 @@ function srcFor(s: Session, stream: number): HostMailbox {
   return s.src[streamOwner(s.pair.source.region, stream)] as HostMailbox;
 }
 
-async function importOk(s: Session, rec: Uint8Array, what: string): Promise<void> {
+async function importOk(s: Pick<Session, 'tgt0'>, rec: Uint8Array, what: string): Promise<void> {
   const r = await call(s.tgt0, { op: Op.ImportRecord }, rec);
   assert.equal(r.c.status, S.Ok, `target import of ${what}`);
 }
@@ -98,71 +100,113 @@ async function waitUntil(what: string, ms: number, f: () => boolean): Promise<vo
   }
 }
 
+/**
+ * Pre-copy (3 epochs with ab running), stop-and-copy, tokens, vCPU state, COMMIT on both sides;
+ * checks the source is gone and the target runs on and passes its in-guest ab check.
+ */
+async function migrateAll(s: Session, cmdline: string, stats?: { exportMs: number; importMs: number; pages: number }): Promise<void> {
+  const { source } = s.pair;
+  const target = s.target;
+  const all: number[] = [];
+  for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) all.push(g);
+  source.machine.memory.syncDirtyLog();
+  await sendPages(s, all, 0, stats);
+  await endEpoch(s, 0);
+  let epoch = 1;
+  for (; epoch < 3; epoch++) {
+    await new Promise((r) => setTimeout(r, 30));
+    await sendPages(s, dirtyMigratable(source), epoch, stats);
+    await endEpoch(s, epoch);
+  }
+  // Stop-and-copy: the guest parks its own workload vCPUs (checked by the MH), then the HV stops them.
+  const q = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.QUIESCE });
+  assert.equal(q.c.status, S.Ok, `quiesce (detail ${q.c.detail})`);
+  await source.machine.pause(5000, [0]);
+  await sendPages(s, dirtyMigratable(source), epoch);
+  for (let i = 0; i < 3; i++) {
+    const v = await call(srcFor(s, 1), { op: Op.ExportVcpu, stream: 1, epoch, vcpu: i });
+    assert.equal(v.c.status, S.Ok, `EXPORT_VCPU ${i}`);
+    await importOk(s, v.out, `VCPU_STATE ${i}`);
+  }
+  await endEpoch(s, epoch);
+  const st = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.START, epoch });
+  assert.equal(st.c.status, S.Ok, `START_TOKEN (detail ${st.c.detail})`);
+  await importOk(s, st.out, 'START_TOKEN');
+  // After the start token the HV cannot resume the source by itself.
+  assert.equal((await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.RESUME })).c.status, S.BadState, 'RESUME after the start token');
+  // Every migratable page of the stopped source is on the target, byte for byte.
+  const wr = workloadRange(workloadCmdline(parseCmdline(cmdline), source.spec.memoryBytes, 3), source.spec.memoryBytes, 3);
+  for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) assert.deepEqual(target.plain(g), source.plain(g), `page ${g}`);
+  const srcAb = checkAb(pageReader(source), wr);
+  assert.equal(srcAb.ok, true);
+
+  const commit = await call(s.tgt0, { op: Op.Commit }, undefined, 1);
+  assert.equal(commit.c.status, S.Ok, 'target COMMIT');
+  const done = await call(s.src[0] as HostMailbox, { op: Op.Commit }, commit.out, 1);
+  assert.equal(done.c.status, S.Ok, 'source accepts COMMIT');
+  // The source: keys wiped, and a resumed vCPU halts instead of running the guest again.
+  const keyPage = source.plain(MH_KEY_PAGE / 4096);
+  assert.equal(mhState(pageReader(source)), MhState.MIGRATED_AWAY);
+  assert.ok(keyPage.every((b, i) => b === 0 || (i >= 8 && i < 12)), 'the source key page holds nothing but its state');
+  const before = source.plain(wr.start / 4096)[0];
+  await source.machine.run();
+  await waitUntil('the source workload vCPU to halt', 10_000, () => source.halted.has(0));
+  assert.equal(source.plain(wr.start / 4096)[0], before, 'the source guest did not run again');
+  // The target runs on from the imported state and its in-guest checker passes.
+  await waitUntil('the target to resume', 10_000, () => target.serial.some((l) => /import committed/.test(l)));
+  const first = target.plain(wr.start / 4096)[0] as number;
+  await waitUntil('the target workload to make progress', 10_000, () => target.plain(wr.start / 4096)[0] !== first);
+  target.machine.fwCfgSet(FW_CFG_CHECK, new TextEncoder().encode('check-1'));
+  await waitUntil('the in-guest ab check', 10_000, () => target.serial.some((l) => l.startsWith('sevmig-check')));
+  const line = target.serial.find((l) => l.startsWith('sevmig-check')) as string;
+  assert.equal((JSON.parse(line.slice('sevmig-check '.length)) as { ok: boolean }).ok, true, line);
+  assert.deepEqual(target.failed, []);
+  assert.deepEqual(source.failed, []);
+}
+
 test('live migration through the MHs: handshake, pre-copy with ab running, stop, tokens, vCPU state, commit; the target runs on, the source is gone', { timeout: 120_000 }, async () => {
   const cmdline = 'workload=ab mh=2';
   const pair = await bootPair({ memoryBytes: 64 * MiB, vcpus: 3, mh: 2, cmdline });
   try {
-    const { source, target } = pair;
-    await waitUntil('the source workload to run', 10_000, () => source.serial.some((l) => l.startsWith('sevmig-stats')));
+    await waitUntil('the source workload to run', 10_000, () => pair.source.serial.some((l) => l.startsWith('sevmig-stats')));
     const s = await handshake(pair);
-    const all: number[] = [];
-    for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) all.push(g);
-    source.machine.memory.syncDirtyLog();
     const stats = { exportMs: 0, importMs: 0, pages: 0 };
-    await sendPages(s, all, 0, stats);
-    await endEpoch(s, 0);
-    let epoch = 1;
-    for (; epoch < 3; epoch++) {
-      await new Promise((r) => setTimeout(r, 30));
-      await sendPages(s, dirtyMigratable(source), epoch, stats);
-      await endEpoch(s, epoch);
-    }
-    // Stop-and-copy: the guest parks its own workload vCPUs (checked by the MH), then the HV stops them.
-    const q = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.QUIESCE });
-    assert.equal(q.c.status, S.Ok, `quiesce (detail ${q.c.detail})`);
-    await source.machine.pause(5000, [0]);
-    await sendPages(s, dirtyMigratable(source), epoch);
-    for (let i = 0; i < 3; i++) {
-      const v = await call(srcFor(s, 1), { op: Op.ExportVcpu, stream: 1, epoch, vcpu: i });
-      assert.equal(v.c.status, S.Ok, `EXPORT_VCPU ${i}`);
-      await importOk(s, v.out, `VCPU_STATE ${i}`);
-    }
-    await endEpoch(s, epoch);
-    const st = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.START, epoch });
-    assert.equal(st.c.status, S.Ok, `START_TOKEN (detail ${st.c.detail})`);
-    await importOk(s, st.out, 'START_TOKEN');
-    // Every migratable page of the stopped source is on the target, byte for byte.
-    const wr = workloadRange(workloadCmdline(parseCmdline(cmdline), 64 * MiB, 3), 64 * MiB, 3);
-    for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) assert.deepEqual(target.plain(g), source.plain(g), `page ${g}`);
-    const srcAb = checkAb(pageReader(source), wr);
-    assert.equal(srcAb.ok, true);
-
-    const commit = await call(s.tgt0, { op: Op.Commit }, undefined, 1);
-    assert.equal(commit.c.status, S.Ok, 'target COMMIT');
-    const done = await call(s.src[0] as HostMailbox, { op: Op.Commit }, commit.out, 1);
-    assert.equal(done.c.status, S.Ok, 'source accepts COMMIT');
-    // The source: keys wiped, and a resumed vCPU halts instead of running the guest again.
-    const keyPage = source.plain(MH_KEY_PAGE / 4096);
-    assert.equal(mhState(pageReader(source)), MhState.MIGRATED_AWAY);
-    assert.ok(keyPage.every((b, i) => b === 0 || (i >= 8 && i < 12)), 'the source key page holds nothing but its state');
-    const before = source.plain(wr.start / 4096)[0];
-    await source.machine.run();
-    await waitUntil('the source workload vCPU to halt', 10_000, () => source.halted.has(0));
-    assert.equal(source.plain(wr.start / 4096)[0], before, 'the source guest did not run again');
-    // The target runs on from the imported state and its in-guest checker passes.
-    await waitUntil('the target to resume', 10_000, () => target.serial.some((l) => /import committed/.test(l)));
-    const first = target.plain(wr.start / 4096)[0] as number;
-    await waitUntil('the target workload to make progress', 10_000, () => target.plain(wr.start / 4096)[0] !== first);
-    target.machine.fwCfgSet(FW_CFG_CHECK, new TextEncoder().encode('check-1'));
-    await waitUntil('the in-guest ab check', 10_000, () => target.serial.some((l) => l.startsWith('sevmig-check')));
-    const line = target.serial.find((l) => l.startsWith('sevmig-check')) as string;
-    assert.equal((JSON.parse(line.slice('sevmig-check '.length)) as { ok: boolean }).ok, true, line);
-    assert.deepEqual(target.failed, []);
-    assert.deepEqual(source.failed, []);
+    await migrateAll(s, cmdline, stats);
     const gbps = (ms: number) => ((stats.pages * 4096) / (ms / 1000) / 1e9).toFixed(2);
     console.log(`# MH records of ${PAGES_PER_RECORD} pages, ${stats.pages} pages: export ${gbps(stats.exportMs)} GB/s, import ${gbps(stats.importMs)} GB/s (per request round trip, one MH vCPU at a time)`);
   } finally {
     await pair.close();
+  }
+});
+
+test('retry after a cancel: T1 handshake, pre-copy, QUIESCE, T1 ABORT closes the source session; a new ticket for a fresh T2 migrates completely', { timeout: 120_000 }, async () => {
+  const cmdline = 'workload=ab mh=2';
+  const pair = await bootPair({ memoryBytes: 64 * MiB, vcpus: 3, mh: 2, cmdline });
+  let t2: Guest | null = null;
+  let t1Up = true;
+  try {
+    const { source } = pair;
+    await waitUntil('the source workload to run', 10_000, () => source.serial.some((l) => l.startsWith('sevmig-stats')));
+    const s1 = await handshake(pair);
+    const some: number[] = [];
+    for (let g = 0; g < source.region.pages && some.length < 2048; g++) if (source.migratable(g)) some.push(g);
+    await sendPages(s1, some, 0);
+    await endEpoch(s1, 0);
+    assert.equal((await call(s1.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.QUIESCE })).c.status, S.Ok, 'quiesce');
+    const ab = await call(s1.tgt0, { op: Op.Abort }, undefined, 1);
+    assert.equal(ab.c.status, S.Ok, 'T1 ABORT');
+    assert.equal((await call(s1.src[0] as HostMailbox, { op: Op.Abort }, ab.out, 1)).c.status, S.Ok, 'source takes the ABORT');
+    assert.equal(mhState(pageReader(source)), MhState.PROVISIONED, 'session keys dropped');
+    const stats0 = source.serial.filter((l) => l.startsWith('sevmig-stats')).length;
+    await waitUntil('the source workload to go on after the cancel', 10_000, () => source.serial.filter((l) => l.startsWith('sevmig-stats')).length > stats0);
+    t1Up = false;
+    await pair.target.destroy();
+    const fresh = await bootFreshTarget(pair);
+    t2 = fresh.target;
+    const s2 = await handshake(pair, fresh.target, fresh.ticket);
+    await migrateAll(s2, cmdline);
+  } finally {
+    await Promise.all([pair.source.destroy(), t1Up ? pair.target.destroy() : undefined, t2?.destroy()]);
   }
 });
 

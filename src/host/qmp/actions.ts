@@ -68,6 +68,8 @@ export interface VmCreateArgs {
   kernelHashes: boolean;
   /** Start in run state `inmigrate` and wait for `migrate-incoming` (QEMU's `-incoming defer`). */
   incoming: boolean;
+  /** Fault all of RAM in before the command returns (QEMU's memory-backend `prealloc=on`). */
+  prealloc: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -312,6 +314,7 @@ function parseVmCreate(r: ArgReader): VmCreateArgs {
   const cmdline = r.optStr('cmdline');
   const kernelHashes = r.optBool('kernel-hashes') ?? false;
   const incoming = r.optBool('incoming') ?? false;
+  const prealloc = r.optBool('prealloc') ?? false;
 
   if (sevType === 'none') {
     for (const [k, v] of [['policy', pol], ['dh-cert', dhCert], ['session', session]] as const) {
@@ -324,7 +327,7 @@ function parseVmCreate(r: ArgReader): VmCreateArgs {
   if (sevType === 'sev' && (policy & SEV_POLICY_ES) !== 0) throw r.invalid('policy', `no ES bit (0x${SEV_POLICY_ES.toString(16)}) for sev-type 'sev'`);
   if ((dhCert === undefined) !== (session === undefined)) throw argError("Parameters 'dh-cert' and 'session' go together");
 
-  const a: VmCreateArgs = { memoryBytes, vcpus, sevType, policy, kernelHashes, incoming };
+  const a: VmCreateArgs = { memoryBytes, vcpus, sevType, policy, kernelHashes, incoming, prealloc };
   if (dhCert) a.dhCert = dhCert;
   if (session) a.session = session;
   if (firmware !== undefined) a.firmware = firmware;
