@@ -219,3 +219,48 @@ test('throughput: 512-page records, one MH vCPU each side, idle guest; then a re
     await s.pair.close();
   }
 });
+
+test('an interrupted handshake (message 1 out, message 2 never in) does not poison the next: a new ticket starts over', { timeout: 60_000 }, async () => {
+  const pair = await bootPair(SPEC);
+  try {
+    const src0 = await pair.source.mailbox(0);
+    const tgt0 = await pair.target.mailbox(0);
+    const lost = await call(src0, { op: Op.HandshakeMsg, stream: 3 }, pair.ticket);
+    assert.equal(lost.c.status, S.Ok, 'message 1 (its reply never comes)');
+    const m1 = await call(src0, { op: Op.HandshakeMsg, stream: 3 }, pair.ticket);
+    assert.equal(m1.c.status, S.Ok, 'a ticket while pending starts over');
+    const m2 = await call(tgt0, { op: Op.HandshakeMsg, stream: 3 }, cat(pair.ticket, m1.out));
+    assert.equal(m2.c.status, S.Ok);
+    // The first message 1's handshake is gone: only the new one's reply completes.
+    assert.equal((await call(src0, { op: Op.HandshakeMsg, stream: 3 }, m2.out)).c.status, S.Ok, 'source finish');
+    assert.equal(keyState(pair.source), MhState.SESSION);
+    // With keys, a ticket is no message 2 and no new handshake: refused, session kept.
+    assert.equal((await call(src0, { op: Op.HandshakeMsg, stream: 3 }, pair.ticket)).c.status, S.BadState, 'no restart once keys exist');
+    assert.equal(keyState(pair.source), MhState.SESSION);
+    assert.equal((await exportPages(src0, [W0], 1, 0)).c.status, S.Ok, 'the session still works');
+  } finally {
+    await pair.close();
+  }
+});
+
+test('RESUME before the start token ends the source session (no ABORT will come); a new handshake follows; a stale message 2 is refused', { timeout: 60_000 }, async () => {
+  const s = await open();
+  try {
+    assert.equal((await exportPages(s.src0, [W0], 1, 0)).c.status, S.Ok);
+    assert.equal((await call(s.src0, { op: Op.Token, stream: TokenKind.QUIESCE })).c.status, S.Ok, 'quiesce');
+    const r = await call(s.src0, { op: Op.Token, stream: TokenKind.RESUME });
+    assert.equal(r.c.status, S.Ok, 'RESUME before the start token');
+    assert.equal(keyState(s.pair.source), MhState.PROVISIONED, 'keys dropped, identity kept');
+    assert.equal((await exportPages(s.src0, [W0 + 1], 1, 0)).c.status, S.BadState, 'no session any more');
+    assert.equal((await call(s.src0, { op: Op.Token, stream: TokenKind.START, epoch: 0 })).c.status, S.BadState, 'no start token without a session');
+    assert.equal((await call(s.src0, { op: Op.Token, stream: TokenKind.RESUME })).c.status, S.Ok, 'RESUME again: idempotent');
+    // A pending handshake is dropped by RESUME too: a late message 2 then finds no handshake.
+    const m1 = await call(s.src0, { op: Op.HandshakeMsg, stream: 3 }, s.pair.ticket);
+    assert.equal(m1.c.status, S.Ok, 'a new session can start');
+    assert.equal((await call(s.src0, { op: Op.Token, stream: TokenKind.RESUME })).c.status, S.Ok);
+    assert.equal((await call(s.src0, { op: Op.HandshakeMsg, stream: 3 }, new Uint8Array(108))).c.status, S.Refused, 'message 2 without a pending handshake');
+    assert.equal(keyState(s.pair.source), MhState.PROVISIONED);
+  } finally {
+    await s.pair.close();
+  }
+});

@@ -186,6 +186,11 @@ export class MhService {
         return this.exportVcpu(req);
       case MailboxOp.Token:
         onlyZero();
+        // RESUME with no session: nothing to close but a pending handshake (idempotent reset).
+        if (req.stream === TokenKind.RESUME && role === Role.IDLE) {
+          this.dropPending();
+          return 0;
+        }
         this.needSource(role);
         return this.token(req);
       case MailboxOp.ImportRecord:
@@ -229,6 +234,9 @@ export class MhService {
   private handshakeSource(req: RequestDescriptor, role: number): number {
     if (role !== Role.IDLE) refuse(S.BadState, `handshake in role ${role}`, role);
     const data = this.input(req);
+    // A ticket while a handshake is pending starts over: the HV gave up on message 2 (a cancel
+    // between the messages). No session keys exist yet, so dropping the pending one loses nothing.
+    if (this.pending !== null && data.byteLength === TICKET_SIZE) this.dropPending();
     if (this.pending === null) {
       if (data.byteLength !== TICKET_SIZE) refuse(S.Refused, `message 0 must be the ${TICKET_SIZE}-byte ticket`, TICKET_SIZE);
       const streams = req.stream;
@@ -243,6 +251,11 @@ export class MhService {
     this.scratch.resetSession();
     this.scratch.set(W.ROLE, Role.SOURCE);
     return 0;
+  }
+
+  private dropPending(): void {
+    this.pending?.hs.destroy();
+    this.pending = null;
   }
 
   private handshakeTarget(req: RequestDescriptor): number {
@@ -364,8 +377,10 @@ export class MhService {
       case TokenKind.QUIESCE:
         return this.quiesce();
       case TokenKind.RESUME:
+        // Before the start token the HV may give up (a lost connection: no ABORT will come): the
+        // session closes as on ABORT. After it, only a valid ABORT resumes the guest (§4.6).
         if (sc.get(W.START_EMITTED) !== 0) refuse(S.BadState, 'after the start token only a valid ABORT resumes the guest');
-        sc.set(W.QUIESCE, 0);
+        this.closeSourceSession();
         return 0;
       case TokenKind.EPOCH_END:
         return this.epochEnd(req);
@@ -479,11 +494,17 @@ export class MhService {
 
   private sourceAbort(req: RequestDescriptor): number {
     decodeAbort(this.backward(req, RecordType.ABORT));
+    this.closeSourceSession();
+    return 0;
+  }
+
+  /** Ends the source session: keys dropped (identity kept), counters reset, QUIESCE cleared. */
+  private closeSourceSession(): void {
+    this.dropPending();
     closeSession(this.ctx.mem);
     const sc = this.scratch;
     sc.set(W.ROLE, Role.IDLE);
     sc.resetSession(); // also clears QUIESCE: the guest runs on
-    return 0;
   }
 
   // ---- import (target, MH vCPU 0) ----------------------------------------------------------
