@@ -99,3 +99,23 @@ export async function waitFor<T>(what: string, timeoutMs: number, probe: () => T
 export async function consoleLines(client: QmpClient): Promise<string[]> {
   return (await client.execute<{ lines: string[] }>('__com.sevmig_guest-console')).lines;
 }
+
+/** Another host in this process (its own Vmm and QMP socket), sharing nothing with a rig but the test. */
+export async function startHost(): Promise<{ vmm: Vmm; client: QmpClient; close(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'sevmig-host-'));
+  const vmm = new Vmm();
+  const firmware = testFirmware();
+  const backend = new VmmBackend(vmm, { defaultFirmware: () => firmware });
+  const server = await startQmpServer({ address: `unix:${join(dir, 'qmp.sock')}`, backend });
+  const client = await QmpClient.connect(server.address, { timeoutMs: 5000, commandTimeoutMs: 20_000 });
+  return {
+    vmm,
+    client,
+    async close() {
+      await client.close().catch(() => undefined);
+      await server.close();
+      if (vmm.current) await vmm.quit();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
