@@ -48,8 +48,12 @@ interface Pending {
 }
 
 /** One MH vCPU's mailbox, HV side. */
+/** Request ids per mailbox, kept across migrations of one machine (see mapMhMailboxes). */
+interface IdCounter {
+  next: number;
+}
+
 export class MhLink {
-  private nextId = 1;
   private readonly free: number[];
   private readonly slotWaiters: ((slot: number) => void)[] = [];
   private readonly pending = new Map<number, Pending>();
@@ -58,12 +62,16 @@ export class MhLink {
   /** Requests completed (for tests and stats). */
   completed = 0;
 
-  constructor(readonly mb: HostMailbox, readonly index: number) {
+  constructor(readonly mb: HostMailbox, readonly index: number, private readonly ids: IdCounter = { next: 1 }) {
     this.free = Array.from({ length: mb.layout.slotCount }, (_, i) => i);
   }
 
   get slotBytes(): number {
     return this.mb.layout.slotBytes;
+  }
+
+  get idCounter(): IdCounter {
+    return this.ids;
   }
 
   /** A data slot, FIFO among waiters; bounded. */
@@ -101,8 +109,8 @@ export class MhLink {
    */
   request(d: Omit<RequestDescriptor, 'requestId'>, timeoutMs = MH_REQUEST_TIMEOUT_MS): Promise<Completion> {
     if (this.broken) return Promise.reject(this.broken);
-    const requestId = this.nextId++;
-    if (this.nextId > 0x7fff_ffff) this.nextId = 1;
+    const requestId = this.ids.next++;
+    if (this.ids.next > 0x7fff_ffff) this.ids.next = 1;
     return new Promise<Completion>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(requestId);
@@ -213,7 +221,30 @@ export function mhCountOf(cmdline: string | undefined): number {
  * Maps MH vCPU k's mailbox for k in 0..n-1: polls (every 10 ms, up to `timeoutMs`) until the pages
  * are shared and the header parses, as the guest sets them up at boot.
  */
+/**
+ * The ring ends of a machine's mailboxes outlive one migration: the guest's ring indices go on
+ * counting, so a later migration (a retry after a cancel, or this VM as the source of the next
+ * hop) must continue from the same producer/consumer positions and request ids, never from zero,
+ * or it would read the previous migration's completions as its own.
+ */
+const attached = new WeakMap<HostMachine, { mailboxes: HostMailbox[]; ids: IdCounter[] }>();
+
+/** Completions of requests a previous, failed migration left in flight: consumed and dropped. */
+async function drainStale(mb: HostMailbox, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  mb.takeCompletions();
+  while (mb.inFlight > 0 && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 5));
+    mb.takeCompletions();
+  }
+}
+
 export async function mapMhMailboxes(machine: HostMachine, region: MhRegion, timeoutMs: number, signal?: AbortSignal): Promise<MhLink[]> {
+  const known = attached.get(machine);
+  if (known && known.mailboxes.length === region.count) {
+    for (const mb of known.mailboxes) await drainStale(mb, 2000);
+    return known.mailboxes.map((mb, k) => new MhLink(mb, k, known.ids[k]));
+  }
   const links: MhLink[] = [];
   const deadline = performance.now() + timeoutMs;
   for (let k = 0; k < region.count; k++) {
@@ -221,7 +252,7 @@ export async function mapMhMailboxes(machine: HostMachine, region: MhRegion, tim
     for (;;) {
       try {
         const v = machine.memory.sharedView(first, region.stride / 4096);
-        links.push(new MhLink(HostMailbox.fromViews(viewsOver(v.bytes.buffer, v.bytes.byteOffset, region.mailbox), MH_GEOMETRY), k));
+        links.push(new MhLink(HostMailbox.fromViews(viewsOver(v.bytes.buffer, v.bytes.byteOffset, region.mailbox), MH_GEOMETRY), k, { next: 1 }));
         break;
       } catch (e) {
         if (signal?.aborted) throw new MhError('setup', 'cancelled while waiting for the MH mailboxes');
@@ -230,6 +261,7 @@ export async function mapMhMailboxes(machine: HostMachine, region: MhRegion, tim
       }
     }
   }
+  attached.set(machine, { mailboxes: links.map((l) => l.mb), ids: links.map((l) => l.idCounter) });
   return links;
 }
 
