@@ -14,6 +14,7 @@
  * before it); COMPLETE → COMMIT, COMMIT record back, `finish()`. Any failure before commit: ABORT,
  * the ABORT record back (best effort), `discard()`.
  */
+import { Inbox, describe } from './inbox.js';
 import { PAGE_SIZE, type Gfn } from '../../platform/host-face.js';
 import { FRAME_HEADER_SIZE, FrameKind, type Frame } from '../../protocol/stream.js';
 import { peekHeader, RecordType } from '../../protocol/record.js';
@@ -46,79 +47,19 @@ export interface MhOutgoingOptions {
 
 type InboxItem = MainMessage | { type: 'record'; bytes: Uint8Array };
 
-/** Reads the main channel in the background; waiters take items in order. */
-class MainInbox {
-  private readonly queue: InboxItem[] = [];
-  private waiter: { resolve: (m: InboxItem) => void; reject: (e: Error) => void } | null = null;
-  private err: Error | null = null;
-
-  constructor(private readonly ch: Channel) {
-    void this.loop();
+/** The main channel's control messages and records, in order. */
+class MainInbox extends Inbox<InboxItem> {
+  constructor(ch: Channel) {
+    super(
+      ch,
+      (f: Frame) => {
+        if (f.kind === FrameKind.Control) return decodeMainControl(f.payload);
+        if (f.kind === FrameKind.Record) return { type: 'record', bytes: f.payload };
+        throw new SessionError('protocol', `unexpected frame kind ${f.kind} on the main channel`);
+      },
+      (kind, msg) => new SessionError(kind, msg),
+    );
   }
-
-  private async loop(): Promise<void> {
-    try {
-      for (;;) {
-        const f: Frame | null = await this.ch.next();
-        if (f === null) throw new SessionError('protocol', 'the peer ended the main channel');
-        if (f.kind === FrameKind.Control) this.push(decodeMainControl(f.payload));
-        else if (f.kind === FrameKind.Record) this.push({ type: 'record', bytes: f.payload });
-        else throw new SessionError('protocol', `unexpected frame kind ${f.kind} on the main channel`);
-      }
-    } catch (e) {
-      this.fail(e instanceof Error ? e : new Error(String(e)));
-    }
-  }
-
-  private push(m: InboxItem): void {
-    const w = this.waiter;
-    if (w) {
-      this.waiter = null;
-      w.resolve(m);
-    } else this.queue.push(m);
-  }
-
-  fail(e: Error): void {
-    if (this.err) return;
-    this.err = e;
-    const w = this.waiter;
-    this.waiter = null;
-    w?.reject(e);
-  }
-
-  get error(): Error | null {
-    return this.err;
-  }
-
-  next(ms: number, what: string): Promise<InboxItem> {
-    const m = this.queue.shift();
-    if (m) return Promise.resolve(m);
-    if (this.err) return Promise.reject(this.err);
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.waiter = null;
-        reject(new SessionError('timeout', `no ${what} from the peer within ${ms} ms`));
-      }, ms);
-      this.waiter = {
-        resolve: (v) => { clearTimeout(t); resolve(v); },
-        reject: (e) => { clearTimeout(t); reject(e); },
-      };
-    });
-  }
-
-  queued(): number {
-    return this.queue.length;
-  }
-
-  /** A queued item matching `pred`, taken out of the queue (used for a late ABORT record). */
-  take(pred: (m: InboxItem) => boolean): InboxItem | undefined {
-    const i = this.queue.findIndex(pred);
-    return i >= 0 ? this.queue.splice(i, 1)[0] : undefined;
-  }
-}
-
-function describe(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 function recordType(bytes: Uint8Array): number {

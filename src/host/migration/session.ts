@@ -27,6 +27,7 @@ import { FrameKind } from '../../protocol/stream.js';
 import type { MigrateUri } from '../qmp/actions.js';
 import type { MigrationInfo } from '../qmp/backend.js';
 import type { MigrationStatusName } from '../qmp/gate.js';
+import { Inbox, describe } from './inbox.js';
 import { closeChannels, connectOutgoing, listenIncoming, TransportError, type Channel, type Channels, type IncomingListener, type SocketAddress } from './transport.js';
 import { runPrecopy, type PrecopyEmitted, type PrecopyHandle, type PrecopyResult, type SendResult } from './precopy-driver.js';
 import type { PrecopyCapabilities, PrecopyParams } from './precopy.js';
@@ -50,69 +51,18 @@ export const DEFAULT_ACCEPT_TIMEOUT_MS = 600_000;
 // ---------------------------------------------------------------------------------------------
 // Control messages on the main channel
 
-/** Reads control frames from `ch` in the background and hands them to whoever waits for one. */
-class ControlInbox {
-  private readonly queue: ControlMessage[] = [];
-  private waiter: { resolve: (m: ControlMessage) => void; reject: (e: Error) => void } | null = null;
-  private err: Error | null = null;
-
-  constructor(private readonly ch: Channel) {
-    void this.loop();
+/** The main channel's control messages, in order. */
+class ControlInbox extends Inbox<ControlMessage> {
+  constructor(ch: Channel) {
+    super(
+      ch,
+      (f) => {
+        if (f.kind === FrameKind.Control) return decodeControl(f.payload);
+        throw new SessionError('protocol', `unexpected frame kind ${f.kind} on the main channel`);
+      },
+      (kind, msg) => new SessionError(kind, msg),
+    );
   }
-
-  private async loop(): Promise<void> {
-    try {
-      for (;;) {
-        const f = await this.ch.next();
-        if (f === null) throw new SessionError('protocol', 'the peer ended the main channel');
-        if (f.kind === FrameKind.Control) this.push(decodeControl(f.payload));
-        else throw new SessionError('protocol', `unexpected frame kind ${f.kind} on the main channel`);
-      }
-    } catch (e) {
-      this.fail(e instanceof Error ? e : new Error(String(e)));
-    }
-  }
-
-  private push(m: ControlMessage): void {
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = null;
-      w.resolve(m);
-    } else this.queue.push(m);
-  }
-
-  fail(e: Error): void {
-    if (this.err) return;
-    this.err = e;
-    const w = this.waiter;
-    this.waiter = null;
-    w?.reject(e);
-  }
-
-  get error(): Error | null {
-    return this.err;
-  }
-
-  /** The next control message, within `ms`. */
-  next(ms: number, what: string): Promise<ControlMessage> {
-    const m = this.queue.shift();
-    if (m) return Promise.resolve(m);
-    if (this.err) return Promise.reject(this.err);
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.waiter = null;
-        reject(new SessionError('timeout', `no ${what} from the peer within ${ms} ms`));
-      }, ms);
-      this.waiter = {
-        resolve: (v) => { clearTimeout(t); resolve(v); },
-        reject: (e) => { clearTimeout(t); reject(e); },
-      };
-    });
-  }
-}
-
-function describe(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 // ---------------------------------------------------------------------------------------------
