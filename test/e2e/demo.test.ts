@@ -30,6 +30,15 @@ test('sevmig demo --json: boots and attests a guest in one host process, live-mi
   assert.ok((out.migration?.transferredBytes ?? 0) > 0);
 });
 
+test('sevmig demo --sev-es --mh-vcpus 4: separate host processes, SEV-ES, four MH vCPUs', () => {
+  const r = spawnSync(process.execPath, [BIN, 'demo', '--json', '--sev-es', '--mh-vcpus', '4', '--run-ms', '300', '--memory', '128M'], { encoding: 'utf8', timeout: 150_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as DemoOut;
+  assert.equal(out.migration?.status, 'completed');
+  assert.deepEqual(out.migration?.checks.map((c) => c.ok), [true, true]);
+  assert.equal(out.migration?.sourceRunState, 'postmigrate');
+});
+
 test('sevmig demo --no-migrate stops after the launch', () => {
   const r = spawnSync(process.execPath, [BIN, 'demo', '--json', '--no-migrate', '--run-ms', '300', '--memory', '64M'], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 0, r.stderr);
