@@ -9,18 +9,21 @@ import { migrateGuest } from '../../src/owner/migrate.js';
 import { emulatedArkCert, emulatedAskCert } from '../../src/protocol/sev/emulated-roots.js';
 import { launch, startRig, startHost, waitFor, consoleLines, MiB } from './harness.js';
 
-const CMDLINE = 'workload=pattern wss=8M rate=20000 mh=2';
+/** One case per MH vCPU count; each MH vCPU serves one page channel (multifd-channels = N). */
+const cases = [2, 4];
 
-test('pattern on 2 vCPUs, 2 MH vCPUs, 2 page channels: completes and every page checks on the target', { timeout: 180_000 }, async () => {
+for (const mh of cases) {
+test(`pattern on 2 vCPUs, ${mh} MH vCPUs, ${mh} page channels: completes and every page checks on the target`, { timeout: 180_000 }, async () => {
+  const CMDLINE = `workload=pattern wss=8M rate=20000 mh=${mh}`;
   const rig = await startRig();
   const dst = await startHost();
   try {
-    const g = await launch(rig, { memoryBytes: 96 * MiB, vcpus: 4, cmdline: CMDLINE });
+    const g = await launch(rig, { memoryBytes: 96 * MiB, vcpus: 2 + mh, cmdline: CMDLINE });
     await waitFor('the workload on the source', 20_000, async () => ((await consoleLines(rig.client)).some((l) => l.includes('sevmig-stats')) ? true : undefined));
     const r = await migrateGuest(rig.client, dst.client, rig.store, {
       sourceInstance: g.report.instanceId!,
-      target: { memoryBytes: 96 * MiB, vcpus: 4, sevType: 'sev', policy: 1, firmware: rig.firmware, cmdline: CMDLINE, secrets: [], amdRoots: { ark: emulatedArkCert(), ask: emulatedAskCert() } },
-      parameters: { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 2000, 'multifd-channels': 2 },
+      target: { memoryBytes: 96 * MiB, vcpus: 2 + mh, sevType: 'sev', policy: 1, firmware: rig.firmware, cmdline: CMDLINE, secrets: [], amdRoots: { ark: emulatedArkCert(), ask: emulatedAskCert() } },
+      parameters: { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 2000, 'multifd-channels': mh },
       capabilities: [{ capability: 'multifd', state: true }],
       timeoutMs: 120_000,
     });
@@ -47,6 +50,7 @@ test('pattern on 2 vCPUs, 2 MH vCPUs, 2 page channels: completes and every page 
     await rig.close();
   }
 });
+}
 
 test("QEMU's non-converge → converge sequence through the MH: 1 ms at 3 MB/s stays active; 30 s at 1 GB/s completes", { timeout: 180_000 }, async () => {
   const rig = await startRig();
