@@ -26,6 +26,8 @@ export type PageMoverName = (typeof PAGE_MOVERS)[number];
 /** Vendor migration parameters: validation per name (anything else is "unexpected"). */
 const EXTENSION_PARAMETERS: Record<string, (v: JsonValue) => string | null> = {
   'x-sevmig-mover': (v) => (typeof v === 'string' && (PAGE_MOVERS as readonly string[]).includes(v) ? null : `one of ${PAGE_MOVERS.map((m) => `'${m}'`).join(', ')}`),
+  // Pages per record the source MH seals (1..512; TDX moves up to 512 per call).
+  'x-sevmig-pages-per-record': (v) => (typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 512 ? null : 'an integer in the range of 1 to 512'),
   // The owner's migration ticket for the source MH (base64; the host only carries it).
   'x-sevmig-ticket': (v) => (typeof v === 'string' && v.length <= 4096 && /^[A-Za-z0-9+/]*={0,2}$/.test(v) && v.length % 4 === 0 ? null : 'a base64 string'),
 };
@@ -140,7 +142,14 @@ export class VmmBackend implements QmpBackend {
         params: this.precopyParams(),
         capabilities: { 'auto-converge': this.cap('auto-converge'), events: this.cap('events') },
         ...(mover === 'mh'
-          ? { mh: { ticket: new Uint8Array(Buffer.from(ticket as string, 'base64')), count: mhCount, ...(this.opts.mhTestHooks ? { test: this.opts.mhTestHooks } : {}) } }
+          ? {
+              mh: {
+                ticket: new Uint8Array(Buffer.from(ticket as string, 'base64')),
+                count: mhCount,
+                ...(typeof this.parameters['x-sevmig-pages-per-record'] === 'number' ? { pagesPerRecord: this.parameters['x-sevmig-pages-per-record'] } : {}),
+                ...(this.opts.mhTestHooks ? { test: this.opts.mhTestHooks } : {}),
+              },
+            }
           : {}),
       },
       {

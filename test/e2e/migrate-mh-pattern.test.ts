@@ -23,11 +23,16 @@ test(`pattern on 2 vCPUs, ${mh} MH vCPUs, ${mh} page channels: completes and eve
     const r = await migrateGuest(rig.client, dst.client, rig.store, {
       sourceInstance: g.report.instanceId!,
       target: { memoryBytes: 96 * MiB, vcpus: 2 + mh, sevType: 'sev', policy: 1, firmware: rig.firmware, cmdline: CMDLINE, secrets: [], amdRoots: { ark: emulatedArkCert(), ask: emulatedAskCert() } },
-      parameters: { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 2000, 'multifd-channels': mh },
+      // The 4-vCPU case also seals smaller records (x-sevmig-pages-per-record).
+      parameters: { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 2000, 'multifd-channels': mh, ...(mh === 4 ? { 'x-sevmig-pages-per-record': 64 } : {}) },
       capabilities: [{ capability: 'multifd', state: true }],
       timeoutMs: 120_000,
     });
     assert.equal(r.status, 'completed', r.error);
+    if (mh === 4) {
+      const pages = (r.info.ram as { transferred: number }).transferred / 4096;
+      assert.ok((r.info['x-sevmig-records'] as number) * 64 >= pages * 0.95, `${String(r.info['x-sevmig-records'])} records for ${pages.toFixed(0)} pages at 64 pages per record`);
+    }
     assert.equal((await rig.client.execute<{ status: string }>('query-status')).status, 'postmigrate');
     await dst.client.execute('__com.sevmig_guest-fw-cfg', { name: 'opt/sevmig/check', string: 'pattern-after-migration' });
     const checks = await waitFor('both workload vCPUs to check', 30_000, async () => {

@@ -42,6 +42,8 @@ export interface MhOutgoingOptions {
   ticket: Uint8Array;
   /** MH vCPUs (cmdline mh=N). */
   count: number;
+  /** Pages per sealed record, 1..512 (x-sevmig-pages-per-record; default 512). */
+  pagesPerRecord?: number;
   test?: MhTestHooks;
 }
 
@@ -147,13 +149,14 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     return c.main.bytesSent + c.pages.reduce((n, p) => n + p.bytesSent, 0) - before;
   };
 
+  const perRecord = Math.max(1, Math.min(PAGES_PER_RECORD, mh.pagesPerRecord ?? PAGES_PER_RECORD));
   const exportBatch = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
     const { s, c } = need();
     if (signal.aborted) throw new SessionError('cancelled', 'migration cancelled before sending pages');
     const list = gfns.filter((g) => mhMigratable(machine, region, g));
     const sends: Promise<number>[] = [];
-    for (let i = 0; i < list.length; i += PAGES_PER_RECORD) {
-      const part = list.slice(i, i + PAGES_PER_RECORD);
+    for (let i = 0; i < list.length; i += perRecord) {
+      const part = list.slice(i, i + perRecord);
       const stream = 1 + (rr++ % opts.pageChannels);
       const ch = c.pages[stream - 1] as Channel;
       const e = epoch;
