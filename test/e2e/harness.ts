@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Vmm } from '../../src/host/vmm.js';
 import { VmmBackend } from '../../src/host/backend.js';
+import type { MhTestHooks } from '../../src/host/migration/mh-migration.js';
 import { startQmpServer, type QmpServer } from '../../src/host/qmp/server.js';
 import { QmpClient } from '../../src/owner/qmp-client.js';
 import { OwnerStore } from '../../src/owner/keystore.js';
@@ -101,11 +102,11 @@ export async function consoleLines(client: QmpClient): Promise<string[]> {
 }
 
 /** Another host in this process (its own Vmm and QMP socket), sharing nothing with a rig but the test. */
-export async function startHost(): Promise<{ vmm: Vmm; client: QmpClient; close(): Promise<void> }> {
+export async function startHost(hooks?: MhTestHooks): Promise<{ vmm: Vmm; client: QmpClient; close(): Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'sevmig-host-'));
   const vmm = new Vmm();
   const firmware = testFirmware();
-  const backend = new VmmBackend(vmm, { defaultFirmware: () => firmware });
+  const backend = new VmmBackend(vmm, { defaultFirmware: () => firmware, ...(hooks ? { mhTestHooks: hooks } : {}) });
   const server = await startQmpServer({ address: `unix:${join(dir, 'qmp.sock')}`, backend });
   const client = await QmpClient.connect(server.address, { timeoutMs: 5000, commandTimeoutMs: 20_000 });
   return {

@@ -5,41 +5,16 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Vmm } from '../../src/host/vmm.js';
-import { VmmBackend } from '../../src/host/backend.js';
-import { startQmpServer } from '../../src/host/qmp/server.js';
 import { QmpClient } from '../../src/owner/qmp-client.js';
 import { migrateGuest, type OwnerMigrateResult } from '../../src/owner/migrate.js';
 import { GuestMemoryView, type MemoryBuffers } from '../../src/platform/memory.js';
 import { MH_KEY_PAGE, MhState, mhState } from '../../src/guest/mh/keys.js';
 import { emulatedArkCert, emulatedAskCert } from '../../src/protocol/sev/emulated-roots.js';
 import type { MhTestHooks } from '../../src/host/migration/mh-migration.js';
-import { launch, startRig, testFirmware, waitFor, consoleLines, MiB, type Rig } from './harness.js';
+import { launch, startRig, startHost, waitFor, consoleLines, MiB, type Rig } from './harness.js';
 
 const CMDLINE = 'workload=ab size=16M mh=1';
-
-/** A second host sharing nothing with the first but the test process (its own Vmm, QMP socket). */
-async function startHost(hooks?: MhTestHooks): Promise<{ vmm: Vmm; client: QmpClient; close(): Promise<void> }> {
-  const dir = mkdtempSync(join(tmpdir(), 'sevmig-mh-'));
-  const vmm = new Vmm();
-  const firmware = testFirmware();
-  const backend = new VmmBackend(vmm, { defaultFirmware: () => firmware, ...(hooks ? { mhTestHooks: hooks } : {}) });
-  const server = await startQmpServer({ address: `unix:${join(dir, 'qmp.sock')}`, backend });
-  const client = await QmpClient.connect(server.address, { timeoutMs: 5000, commandTimeoutMs: 20_000 });
-  return {
-    vmm,
-    client,
-    async close() {
-      await client.close().catch(() => undefined);
-      await server.close();
-      if (vmm.current) await vmm.quit();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 async function launchSource(rig: Rig, sevType: 'sev' | 'sev-es'): Promise<string> {
   const g = await launch(rig, { memoryBytes: 96 * MiB, vcpus: 3, sevType, cmdline: CMDLINE });
