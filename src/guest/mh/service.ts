@@ -40,7 +40,7 @@ import {
   sealRecord,
   type ParsedHeader,
 } from '../../protocol/record.js';
-import { decodeAbort, decodeCommit, decodeEpochEnd, decodeStartToken, encodeEpochEnd, encodeStartToken, privatePageSetDigest, AbortReason, type PageSetEntry } from '../../protocol/tokens.js';
+import { decodeAbort, decodeCommit, decodeEpochEnd, decodeStartToken, encodeEpochEnd, encodeStartToken, privatePageSetDigestDense, AbortReason } from '../../protocol/tokens.js';
 import { newImporter, step, ImportError, type ImporterState, type ImportEvent, type StepResult } from '../../protocol/importer.js';
 import { TICKET_SIZE } from '../../protocol/ticket.js';
 import { sourceBegin, sourceFinish, targetRespond, MhSessionError, type SourcePending } from './handshake.js';
@@ -429,18 +429,15 @@ export class MhService {
       if ((sc.get(W.VCPU_SENT + (i >>> 5)) & (1 << (i & 31))) === 0) refuse(S.BadState, `vCPU ${i} state not exported`, i);
     const dirty = sc.firstDirty();
     if (dirty >= 0) refuse(S.BadState, `GFN ${dirty} is dirty: export it first`, dirty);
-    const set: PageSetEntry[] = [];
-    for (let g = 0; g < this.region.pages; g++) {
-      const e = Atomics.load(sc.epochs, g);
-      if (e !== 0) set.push({ gfn: g, epoch: e - 1 });
-    }
+    // Every export is done (no dirty page, every vCPU sent): the table is quiet, plain reads suffice.
+    const set = privatePageSetDigestDense(sc.epochs.subarray(0, this.region.pages));
     const body = encodeStartToken({
       finalEpoch: req.epoch,
       vcpuCount: this.ctx.vcpuCount,
       totalRecords: sc.get(W.TOTAL_RECORDS) >>> 0,
       totalPages: sc.get(W.TOTAL_PAGES) >>> 0,
-      setCount: set.length,
-      digest: privatePageSetDigest(set),
+      setCount: set.count,
+      digest: set.digest,
     });
     const seq = sc.get(W.STREAM_NEXT);
     const out = this.seal0(req, RecordType.START_TOKEN, req.epoch, seq, body);

@@ -72,6 +72,89 @@ function recordType(bytes: Uint8Array): number {
   }
 }
 
+/** How long the source waits for the target to acknowledge a record it sent. */
+const ACK_TIMEOUT_MS = 60_000;
+
+/**
+ * The source's view of the target's ACKs (mh-wire.ts): one reader per page channel, records
+ * numbered per channel in wire order, waiters resolved when the cumulative count passes them.
+ */
+class AckTracker {
+  private readonly sentCount: number[];
+  private readonly acked: number[];
+  private readonly waiters: { n: number; resolve(): void; reject(e: Error): void }[][];
+  private failure: Error | null = null;
+
+  constructor(pages: readonly Channel[], private readonly timeoutMs: number, signal: AbortSignal) {
+    this.sentCount = pages.map(() => 0);
+    this.acked = pages.map(() => 0);
+    this.waiters = pages.map(() => []);
+    pages.forEach((ch, i) => void this.read(ch, i));
+    // One listener for the session, not one per waiting batch.
+    signal.addEventListener('abort', () => this.fail(new SessionError('cancelled', 'migration cancelled while waiting for the target')), { once: true });
+  }
+
+  private async read(ch: Channel, i: number): Promise<void> {
+    try {
+      for (;;) {
+        const f = await ch.next();
+        if (f === null) return;
+        if (f.kind !== FrameKind.Control) throw new SessionError('protocol', `page channel ${i + 1}: unexpected frame kind ${f.kind} from the target`);
+        const m = decodeMainControl(f.payload);
+        if (m.type !== 'ack') throw new SessionError('protocol', `page channel ${i + 1}: unexpected ${m.type} from the target`);
+        if (m.records < (this.acked[i] as number) || m.records > (this.sentCount[i] as number)) {
+          throw new SessionError('protocol', `page channel ${i + 1}: ACK of ${m.records} records, ${this.sentCount[i]} sent and ${this.acked[i]} acknowledged`);
+        }
+        this.acked[i] = m.records;
+        const list = this.waiters[i] as { n: number; resolve(): void }[];
+        const due = list.filter((w) => w.n <= m.records);
+        if (due.length > 0) {
+          this.waiters[i] = list.filter((w) => w.n > m.records) as (typeof this.waiters)[number];
+          for (const w of due) w.resolve();
+        }
+      }
+    } catch (e) {
+      this.fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private fail(e: Error): void {
+    this.failure ??= e;
+    for (const list of this.waiters) for (const w of list.splice(0)) w.reject(this.failure);
+  }
+
+  /** Numbers the next record of channel `i` (1-based, wire order). */
+  sent(i: number): number {
+    this.sentCount[i] = (this.sentCount[i] as number) + 1;
+    return this.sentCount[i] as number;
+  }
+
+  /** Resolves once the target acknowledged record `n` of channel `i`. */
+  imported(i: number, n: number): Promise<void> {
+    if ((this.acked[i] as number) >= n) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<void>((resolve, reject) => {
+      const w = {
+        n,
+        resolve: () => { clearTimeout(timer); resolve(); },
+        reject: (e: Error) => { clearTimeout(timer); reject(e); },
+      };
+      const timer = setTimeout(() => {
+        const list = this.waiters[i] as (typeof w)[];
+        const k = list.indexOf(w);
+        if (k >= 0) list.splice(k, 1);
+        w.reject(new SessionError('timeout', `page channel ${i + 1}: record ${n} not acknowledged within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      (this.waiters[i] as (typeof w)[]).push(w);
+    });
+  }
+
+  /** Stops waiting (the channels are being closed). */
+  close(): void {
+    this.fail(new SessionError('cancelled', 'migration ended'));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Source
 
@@ -94,6 +177,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   let recordBytes = 0;
   let recordPages = 0;
   let rr = 0;
+  let acks: AckTracker | null = null;
 
   const cancelled = new Promise<never>((_, reject) => {
     ac.signal.addEventListener('abort', () => reject(new SessionError('cancelled', 'migration cancelled during setup')), { once: true });
@@ -124,18 +208,19 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     if (m2.type === 'error') throw new SessionError('refused', `the target refused the handshake: ${m2.reason}`);
     if (m2.type !== 'handshake-2') throw new SessionError('protocol', `expected handshake message 2, got ${m2.type}`);
     await src.handshakeFinish(m2.bytes, streams);
+    acks = new AckTracker(c.pages, ACK_TIMEOUT_MS, ac.signal);
     sessionOpen = true;
     log(`session open: ${mh.count} MH vCPUs, ${opts.pageChannels} page channels`);
   };
   let connecting: Promise<void> | null = null;
 
-  const need = (): { s: MhSource; c: Channels; ib: MainInbox } => {
+  const need = (): { s: MhSource; c: Channels; ib: MainInbox; ak: AckTracker } => {
     const e = inbox?.error;
     if (e) throw new SessionError('protocol', `main channel: ${e.message}`);
     // During pre-copy the target only speaks to refuse: an ABORT record or an ERROR (left queued for the end).
     if (inbox?.queued()) throw new SessionError('refused', 'the target aborted the migration');
-    if (!src || !chans || !inbox || !sessionOpen) throw new SessionError('protocol', 'no session with the target');
-    return { s: src, c: chans, ib: inbox };
+    if (!src || !chans || !inbox || !acks || !sessionOpen) throw new SessionError('protocol', 'no session with the target');
+    return { s: src, c: chans, ib: inbox, ak: acks };
   };
 
   /** Ends the open epoch: BARRIER on every page channel, EPOCH_END on main. Exports of it are done. */
@@ -151,7 +236,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
 
   const perRecord = Math.max(1, Math.min(PAGES_PER_RECORD, mh.pagesPerRecord ?? PAGES_PER_RECORD));
   const exportBatch = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
-    const { s, c } = need();
+    const { s, c, ak } = need();
     if (signal.aborted) throw new SessionError('cancelled', 'migration cancelled before sending pages');
     const list = gfns.filter((g) => mhMigratable(machine, region, g));
     const sends: Promise<number>[] = [];
@@ -164,6 +249,8 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
         // Sent from the shared slot without a copy; the slot goes back once the socket has the bytes.
         const n = records++;
         const bytes = mh.test?.outgoingRecord ? mh.test.outgoingRecord(rec.bytes, n) : rec.bytes;
+        // Numbered in wire order (sends on one channel go out in call order).
+        const nth = ak.sent(stream - 1);
         try {
           await ch.send(FrameKind.Record, bytes);
         } finally {
@@ -171,6 +258,8 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
         }
         recordBytes += bytes.byteLength;
         recordPages += part.length;
+        // Sent means imported by the target MH: the target's backlog stays out of the downtime.
+        await ak.imported(stream - 1, nth);
         return FRAME_HEADER_SIZE + bytes.byteLength;
       }));
     }
@@ -180,12 +269,26 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     return { bytes: done.reduce((n, d) => n + (d as PromiseFulfilledResult<number>).value, 0) };
   };
 
+  /** Stop-and-copy phase timings, logged at the end of the switch-over (what the downtime is made of). */
+  const phases: string[] = [];
+  let phaseAt = 0;
+  const phase = (name: string): void => {
+    const now = performance.now();
+    if (phases.length === 0) phaseAt = now;
+    phases.push(`${name} ${(now - phaseAt).toFixed(1)} ms`);
+    phaseAt = now;
+  };
+
   const stopVm = async (): Promise<void> => {
     const { s } = need();
+    phases.length = 0;
+    phase('stop requested');
     // The guest parks its own workload vCPUs (saving their VMSAs), then the host stops them.
     await s.token(MhToken.QUIESCE, epoch, 10_000);
     quiesced = true;
+    phase('quiesced');
     await hooks.stopVm();
+    phase('vCPUs paused');
   };
 
   const resumeVm = async (): Promise<void> => {
@@ -198,10 +301,13 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   const sendFinal = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
     const { s, c, ib } = need();
     let bytes = 0;
+    phase(`final sync (${gfns.length} pages)`);
     if (gfns.length > 0) bytes += (await exportBatch(gfns, signal)).bytes;
+    phase('last pages imported');
     const ch1 = c.pages[0] as Channel;
     for (let v = 0; v < machine.config.vcpus; v++) {
       const rec = await s.exportVcpu(1, epoch, v);
+      acks?.sent(0);
       try {
         await ch1.send(FrameKind.Record, rec.bytes);
         bytes += FRAME_HEADER_SIZE + rec.bytes.byteLength;
@@ -211,7 +317,9 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
         rec.release();
       }
     }
+    phase('vCPU states sent');
     bytes += await endEpoch();
+    phase('epoch ended');
     if (signal.aborted) throw new SessionError('cancelled', 'migration cancelled before the start token');
     const last = epoch - 1;
     let start: Uint8Array;
@@ -226,11 +334,15 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     await c.main.send(FrameKind.Record, start);
     await c.main.send(FrameKind.Control, encodeControl({ type: 'complete', deviceFrames: 0 }));
     bytes += 2 * FRAME_HEADER_SIZE + start.byteLength + 8;
+    phase('start token sent');
     const reply = await ib.next(opts.finalTimeoutMs ?? 110_000, 'COMMIT');
+    phase('target replied');
     if (reply.type === 'record') {
       const t = recordType(reply.bytes);
       if (t === RecordType.COMMIT) {
         await s.commit(reply.bytes);
+        phase('source MH committed');
+        log(`switch-over: ${phases.join(', ')}`);
         log('committed: source keys zeroized, guest migrated away');
         return { bytes };
       }
@@ -249,7 +361,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     pageCount: machine.memory.pageCount,
     params: opts.params,
     capabilities: opts.capabilities,
-    engine: { batchPages: opts.batchPages ?? PAGES_PER_RECORD * opts.pageChannels, maxInFlight: opts.maxInFlight ?? 2 },
+    engine: { batchPages: opts.batchPages ?? PAGES_PER_RECORD * opts.pageChannels, maxInFlight: opts.maxInFlight ?? 3 },
     timeouts: { syncMs: connectMs * 2 + MAILBOX_WAIT_MS + 5_000, stopMs: 15_000, ...(opts.finalTimeoutMs !== undefined ? { finalMs: opts.finalTimeoutMs + 5_000 } : {}) },
     migrationId: `to ${opts.uri.transport === 'tcp' ? `${opts.uri.host}:${opts.uri.port}` : opts.uri.path}`,
     deps: {
@@ -276,6 +388,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
 
   const done = handle.done.then(async (r) => {
     ac.abort();
+    acks?.close();
     const c = chans as Channels | null;
     const ib = inbox as MainInbox | null;
     if (c) {
@@ -314,6 +427,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   const extra = (): MigrationInfo => ({
     'x-sevmig-mover': 'mh',
     'x-sevmig-records': records,
+    'x-sevmig-payload-bytes': recordPages * PAGE_SIZE,
     'x-sevmig-wire-overhead': recordPages > 0 ? Number(((recordBytes - recordPages * PAGE_SIZE) / (recordPages * PAGE_SIZE)).toFixed(6)) : 0,
   });
 
@@ -429,11 +543,19 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
     let barrierWake: (() => void) | null = null;
     const pageLoop = async (ch: Channel, idx: number): Promise<void> => {
       const mine: Promise<void>[] = [];
+      let imported = 0;
       for (;;) {
         const f = await ch.next();
         if (f === null) return;
         if (f.kind === FrameKind.Record) {
-          mine.push(importOne(f.payload));
+          const p = importOne(f.payload);
+          // Imports of one channel complete in order (one MH, FIFO): acknowledge each cumulatively.
+          void p.then(() => {
+            if (failure) return;
+            imported++;
+            ch.send(FrameKind.Control, encodeMhControl({ type: 'ack', records: imported })).catch(() => undefined);
+          });
+          mine.push(p);
           if (mine.length >= IMPORTS_PER_CHANNEL) await mine.shift();
         } else if (f.kind === FrameKind.Control) {
           const m = decodeMainControl(f.payload);

@@ -9,30 +9,37 @@
  *
  * | off | size | field |
  * |---|---|---|
- * | 0 | 1 | type: 0x41 HANDSHAKE_1 (ticket ‖ MH message 1), 0x42 HANDSHAKE_2 (MH message 2), 0x43 BARRIER |
+ * | 0 | 1 | type: 0x41 HANDSHAKE_1 (ticket ‖ MH message 1), 0x42 HANDSHAKE_2 (MH message 2), 0x43 BARRIER, 0x44 ACK |
  * | 1 | 3 | reserved, 0 |
- * | 4 | … | HANDSHAKE_*: the bytes (≤ 4096); BARRIER: u32 epoch (exactly 4 bytes) |
+ * | 4 | … | HANDSHAKE_*: the bytes (≤ 4096); BARRIER: u32 epoch; ACK: u32 records (each exactly 4 bytes) |
  *
  * RECORD frames: page channel s carries stream s's PAGES (and, on channel 1, VCPU_STATE) records in
  * sequence order, then a BARRIER(e) CONTROL frame at each epoch end; main carries EPOCH_END and
  * START_TOKEN forward and COMMIT / ABORT backward.
+ *
+ * ACK (target → source, on page channel s): the number of records of that channel the target MH has
+ * imported so far (cumulative). The source counts a batch as sent only once it is acknowledged, so
+ * the pre-copy loop's bandwidth is the end-to-end import rate and the target's import backlog can
+ * never land in the downtime unseen. An ACK carries no authority: a lying target host can only slow
+ * the source down or make it wait (the start token is still checked by the target MH).
  */
 import { decodeControl, PlainWireError, type ControlMessage } from './plain-wire.js';
 
-export const MhMsg = { HANDSHAKE_1: 0x41, HANDSHAKE_2: 0x42, BARRIER: 0x43 } as const;
+export const MhMsg = { HANDSHAKE_1: 0x41, HANDSHAKE_2: 0x42, BARRIER: 0x43, ACK: 0x44 } as const;
 const MAX_HANDSHAKE = 4096;
 
 export type MainMessage =
   | ControlMessage
   | { type: 'handshake-1'; bytes: Uint8Array }
   | { type: 'handshake-2'; bytes: Uint8Array }
-  | { type: 'barrier'; epoch: number };
+  | { type: 'barrier'; epoch: number }
+  | { type: 'ack'; records: number };
 
-export function encodeMhControl(m: Extract<MainMessage, { type: 'handshake-1' | 'handshake-2' | 'barrier' }>): Uint8Array {
-  if (m.type === 'barrier') {
+export function encodeMhControl(m: Extract<MainMessage, { type: 'handshake-1' | 'handshake-2' | 'barrier' | 'ack' }>): Uint8Array {
+  if (m.type === 'barrier' || m.type === 'ack') {
     const b = new Uint8Array(8);
-    b[0] = MhMsg.BARRIER;
-    new DataView(b.buffer).setUint32(4, m.epoch, true);
+    b[0] = m.type === 'barrier' ? MhMsg.BARRIER : MhMsg.ACK;
+    new DataView(b.buffer).setUint32(4, m.type === 'barrier' ? m.epoch : m.records, true);
     return b;
   }
   if (m.bytes.byteLength > MAX_HANDSHAKE) throw new PlainWireError('length', `handshake message of ${m.bytes.byteLength} bytes, at most ${MAX_HANDSHAKE}`);
@@ -56,8 +63,12 @@ export function decodeMainControl(b: Uint8Array): MainMessage {
       return { type: t === MhMsg.HANDSHAKE_1 ? 'handshake-1' : 'handshake-2', bytes: b.slice(4) };
     }
     case MhMsg.BARRIER:
-      if (b.byteLength !== 8) throw new PlainWireError('length', `BARRIER of ${b.byteLength} bytes, expected 8`);
-      return { type: 'barrier', epoch: new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(4, true) };
+    case MhMsg.ACK: {
+      const name = t === MhMsg.BARRIER ? 'BARRIER' : 'ACK';
+      if (b.byteLength !== 8) throw new PlainWireError('length', `${name} of ${b.byteLength} bytes, expected 8`);
+      const v = new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(4, true);
+      return t === MhMsg.BARRIER ? { type: 'barrier', epoch: v } : { type: 'ack', records: v };
+    }
     default:
       throw new PlainWireError('type', `mh control message type ${t} unknown`);
   }

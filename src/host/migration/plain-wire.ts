@@ -13,7 +13,7 @@
  * | 1 | 3 | reserved, 0 |
  * | 4 | … | body (by type; SETUP_OK, COMMITTED, CANCEL have none) |
  *
- * SETUP body (source → target, 20 bytes): u32 version (1) · u64 memory bytes · u32 vCPUs ·
+ * SETUP body (source → target, 20 bytes): u32 version (WIRE_VERSION, 2) · u64 memory bytes · u32 vCPUs ·
  * u8 mover (1 plain, 2 mh) · u8 page channels (1..255) · u16 reserved 0.
  * COMPLETE body (4 bytes): u32 number of DEVICE_STATE frames sent before it.
  * ERROR body: u16 length (≤ 512) · UTF-8 reason.
@@ -48,7 +48,8 @@ export class PlainWireError extends Error {
   }
 }
 
-export const WIRE_VERSION = 1;
+/** 2: the mh mover acknowledges imported records (mh-wire.ts ACK). */
+export const WIRE_VERSION = 2;
 export const MAX_BATCH_PAGES = 1024;
 const ZERO_FLAG = 0x8000_0000;
 const MAX_REASON = 512;

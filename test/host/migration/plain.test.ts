@@ -18,7 +18,7 @@ const MiB = 2 ** 20;
 
 test('wire: control, batch and device-state round trips; hostile input is refused by kind', () => {
   for (const m of [
-    { type: 'setup', version: 1, memoryBytes: 64 * MiB, vcpus: 2, mover: 'plain', pageChannels: 4 },
+    { type: 'setup', version: 2, memoryBytes: 64 * MiB, vcpus: 2, mover: 'plain', pageChannels: 4 },
     { type: 'setup-ok' }, { type: 'complete', deviceFrames: 3 }, { type: 'committed' }, { type: 'cancel' }, { type: 'error', reason: 'memory 1 ≠ 2' },
   ] as const) assert.deepEqual(decodeControl(encodeControl(m)), m);
   assert.throws(() => decodeControl(new Uint8Array([9, 0, 0, 0])), { name: 'PlainWireError', kind: 'type' });

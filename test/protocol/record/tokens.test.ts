@@ -11,6 +11,7 @@ import {
   encodeEpochEnd,
   encodeStartToken,
   privatePageSetDigest,
+  privatePageSetDigestDense,
   startTokenHash,
 } from '../../../src/protocol/tokens.js';
 
@@ -49,6 +50,26 @@ test('private-page set digest: SHA-256 of GFN-sorted (u64le gfn, u32le epoch), o
     }),
     { numRuns: 50 },
   );
+});
+
+test('private-page set digest: the dense table form (source MH) equals the set form (target importer)', () => {
+  fc.assert(
+    fc.property(fc.array(fc.integer({ min: 0, max: 5 }), { maxLength: 300 }), (cells) => {
+      // cell 0 = page not exported, k > 0 = last exported in epoch k - 1
+      const dense = Int32Array.from(cells);
+      const map = new Map<number, number>();
+      cells.forEach((c, g) => { if (c !== 0) map.set(g, c - 1); });
+      const d = privatePageSetDigestDense(dense);
+      assert.equal(d.count, map.size);
+      assert.deepEqual(d.digest, privatePageSetDigest(map));
+    }),
+    { numRuns: 100 },
+  );
+  // epoch 0xffffffff is stored as 0 + wrap in an Int32Array cell: -1 + 1 = 0 would read as absent,
+  // so the largest epoch a dense table can hold is 0xfffffffe (the MH stops far earlier).
+  const big = new Int32Array(3);
+  big[2] = (0xfffffffe + 1) | 0;
+  assert.deepEqual(privatePageSetDigestDense(big).digest, privatePageSetDigest(new Map([[2, 0xfffffffe]])));
 });
 
 test('token decoders require exact lengths and known values', () => {
