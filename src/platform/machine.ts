@@ -86,6 +86,15 @@ class Vcpu implements VcpuHandle {
     new Uint8Array(this.vmsa).set(vmsa);
   }
 
+  /** The VMSA for the PSP (SEND_UPDATE_VMSA): refused while the vCPU runs or is starting. */
+  exportVmsa(): Uint8Array {
+    const s = this.state;
+    if (s === 'running' || (this.worker !== null && s === 'created')) {
+      throw new PlatformError('vcpu-state', `vCPU ${this.index} is ${s === 'created' ? 'starting' : 'running'}: pause it first`);
+    }
+    return new Uint8Array(this.vmsa).slice();
+  }
+
   install(vmsa: Uint8Array): void {
     if (vmsa.byteLength !== VMSA_BYTES) throw new PlatformError('bad-config', `a VMSA is ${VMSA_BYTES} bytes, got ${vmsa.byteLength}`);
     if (this.worker) throw new PlatformError('vcpu-state', `vCPU ${this.index} already started`);
@@ -151,13 +160,18 @@ export class Machine implements HostMachine {
       vcpuCount: this.config.vcpus,
       writePlaintext: (at: Gpa, data: Uint8Array) => this.plain.write(at, data),
       readPlaintext: (at: Gpa, len: number) => this.plain.read(at, len),
-      installVmsa: (vcpu: number, vmsa: Uint8Array) => {
-        const v = this.vcpus[vcpu];
-        if (!v) throw new PlatformError('bad-config', `no vCPU ${vcpu}`);
-        v.install(vmsa);
-      },
+      readPrivate: (at: Gpa, len: number) => this.memory.readAsPrivate(at, len),
+      writePrivate: (at: Gpa, data: Uint8Array) => this.memory.writeAsPrivate(at, data),
+      installVmsa: (vcpu: number, vmsa: Uint8Array) => this.vcpu(vcpu).install(vmsa),
+      readVmsa: (vcpu: number) => this.vcpu(vcpu).exportVmsa(),
       setEncryptionKey: (vek: Uint8Array | null) => this.memory.setEncryptionKey(vek),
     };
+  }
+
+  private vcpu(index: number): Vcpu {
+    const v = this.vcpus[index];
+    if (!v) throw new PlatformError('bad-config', `no vCPU ${index}`);
+    return v;
   }
 
   on(listener: (e: MachineEvent) => void): () => void {

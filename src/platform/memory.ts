@@ -304,6 +304,54 @@ export class HostMemoryView extends MemoryCore implements HostMemory {
     this.markDirty(page, page);
   }
 
+  /** The page of [at, at+len) after checking the range lies in RAM and inside that one page. */
+  private pageOfRange(at: number, len: number): { page: number; off: number } {
+    this.check(at, len);
+    const page = Math.floor(at / PAGE_SIZE);
+    const off = at - page * PAGE_SIZE;
+    if (off + len > PAGE_SIZE) throw new PlatformError('out-of-range', `[0x${at.toString(16)}, +${len}) crosses a page boundary`);
+    return { page, off };
+  }
+
+  /**
+   * The PSP's read with the C-bit set under the guest's key (platform-internal, SEND_UPDATE_DATA):
+   * a private page reads as its plaintext; a shared page's DRAM holds plaintext, which such a
+   * read runs through the decryption engine — garbage, as on hardware.
+   */
+  readAsPrivate(at: Gpa, len: number): Uint8Array {
+    const { page, off } = this.pageOfRange(at, len);
+    const plain = this.plainPage(page);
+    if (!this.isShared(page as Gfn)) return plain.slice(off, off + len);
+    const d = createDecipheriv('aes-128-xts', this.key(), this.tweak(page));
+    const seen = d.update(plain);
+    d.final();
+    return new Uint8Array(seen.subarray(off, off + len));
+  }
+
+  /**
+   * The PSP's write with the C-bit set (platform-internal, RECEIVE_UPDATE_DATA): a private page
+   * takes `data` as plaintext; on a shared page the engine encrypts, so the guest's shared mapping
+   * then shows ciphertext. Marks the page dirty like any other write.
+   */
+  writeAsPrivate(at: Gpa, data: Uint8Array): void {
+    const { page, off } = this.pageOfRange(at, data.byteLength);
+    const plain = this.plainPage(page);
+    if (!this.isShared(page as Gfn)) {
+      plain.set(data, off);
+    } else {
+      // Whole-page XTS: the C-bit view of the page is decrypt(DRAM); patch it, encrypt it back.
+      const d = createDecipheriv('aes-128-xts', this.key(), this.tweak(page));
+      const view = new Uint8Array(d.update(plain));
+      d.final();
+      view.set(data, off);
+      const c = createCipheriv('aes-128-xts', this.key(), this.tweak(page));
+      plain.set(c.update(view));
+      c.final();
+      view.fill(0);
+    }
+    this.markDirty(page, page);
+  }
+
   sharedView(first: Gfn, pages: number): { bytes: Uint8Array; words: Int32Array } {
     for (let p = first; p < first + pages; p++) {
       this.checkPage(p);

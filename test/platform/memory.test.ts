@@ -149,3 +149,35 @@ test('preallocate faults RAM in without changing it or the dirty log, and makes 
     await m.destroy();
   }
 });
+
+test('the PSP\'s C-bit access: private pages are plaintext; a shared page reads and writes through the engine (garbage)', () => {
+  const { guest, host } = machine(1 * MiB);
+  const plain = new Uint8Array(randomBytes(PAGE_SIZE));
+  guest.write(gpa(0x3000), plain);
+  assert.deepEqual(host.readAsPrivate(gpa(0x3000), PAGE_SIZE), plain);
+  assert.deepEqual(host.readAsPrivate(gpa(0x3010), 32), plain.subarray(0x10, 0x30));
+  host.syncDirtyLog();
+  host.writeAsPrivate(gpa(0x5000), plain);
+  assert.deepEqual(guest.read(gpa(0x5000), PAGE_SIZE), plain);
+  assert.equal(host.syncDirtyLog().words[0], 1 << 5, 'the written page (and only it) is dirty');
+
+  // Shared: DRAM holds plaintext, the C-bit read decrypts it with the VEK.
+  guest.setShared(gfn(0x3), 1, true);
+  const seen = host.readAsPrivate(gpa(0x3000), PAGE_SIZE);
+  assert.notDeepEqual(seen, plain);
+  // ...and a C-bit write encrypts: the guest's shared mapping shows ciphertext, the C-bit view the data.
+  guest.setShared(gfn(0x6), 1, true);
+  host.writeAsPrivate(gpa(0x6000), plain);
+  assert.notDeepEqual(guest.read(gpa(0x6000), PAGE_SIZE), plain);
+  assert.deepEqual(host.readAsPrivate(gpa(0x6000), PAGE_SIZE), plain);
+  // A partial C-bit write keeps the rest of the C-bit view.
+  host.writeAsPrivate(gpa(0x6100), new Uint8Array(16).fill(0xee));
+  const after = host.readAsPrivate(gpa(0x6000), PAGE_SIZE);
+  assert.deepEqual(after.subarray(0, 0x100), plain.subarray(0, 0x100));
+  assert.deepEqual(after.subarray(0x100, 0x110), new Uint8Array(16).fill(0xee));
+  assert.deepEqual(after.subarray(0x110), plain.subarray(0x110));
+
+  // One page at a time, inside RAM.
+  assert.throws(() => host.readAsPrivate(gpa(0x3800), PAGE_SIZE), (e: unknown) => e instanceof PlatformError && e.kind === 'out-of-range');
+  assert.throws(() => host.writeAsPrivate(gpa(1 * MiB - 16), new Uint8Array(32)), (e: unknown) => e instanceof PlatformError && e.kind === 'out-of-range');
+});

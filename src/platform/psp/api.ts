@@ -125,6 +125,51 @@ export interface GuestStatus {
   sevEs: boolean;
 }
 
+/**
+ * SEND_START's view of the receiving platform: exactly what the receiver's `pdhCertExport()` and
+ * `amdCertChain()` return, so a host can pass them straight through
+ * (`{ ...target.pdhCertExport(), ...target.amdCertChain() }`).
+ */
+export interface SendStartTarget {
+  /** The receiver's PDH certificate (0x824 bytes): the static ECDH peer. Always required. */
+  pdh: Uint8Array;
+  /** The receiver's PEK ‖ OCA ‖ CEK (3 × 0x824). Required when the policy has DOMAIN or SEV. */
+  certChain?: Uint8Array;
+  /** The receiver's ASK and ARK (AMD CA format). Required when the policy has SEV. */
+  ask?: Uint8Array;
+  ark?: Uint8Array;
+}
+
+export interface SendStartResult {
+  /** The 128-byte session (nonce, TEK‖TIK wrapped under KEK, wrap MAC, policy MAC): RECEIVE_START's `session`. */
+  session: Uint8Array;
+  /** This (sending) platform's PDH certificate (0x824): RECEIVE_START's `pdhCert`. */
+  pdhCert: Uint8Array;
+  /** The guest's policy (the firmware writes it back into SEND_START's buffer): RECEIVE_START's `policy`. */
+  policy: number;
+}
+
+/** One SEND_UPDATE_* output / RECEIVE_UPDATE_* input: 52-byte header (flags, IV, MAC) and the transport buffer. */
+export interface TransportPacket {
+  header: Uint8Array;
+  trans: Uint8Array;
+}
+
+export interface ReceiveStartParams {
+  /** Key sharing with an existing guest (as LAUNCH_START); absent or 0 means a fresh VEK. */
+  handle?: GuestHandle;
+  /** The policy the sender reported; its MAC in the session must match (else BAD_MEASUREMENT). */
+  policy: number;
+  /** The sending platform's PDH certificate. */
+  pdhCert: Uint8Array;
+  session: Uint8Array;
+}
+
+export interface ReceiveUpdateDataParams extends TransportPacket {
+  /** Where to write: chosen by the host, bound by nothing in the packet (docs/psp.md). */
+  guestGpa: Gpa;
+}
+
 /** The PSP as the host drives it. One command at a time (the PSP is a single serialized engine). */
 export interface PspHostFace {
   platformStatus(): PlatformStatus;
@@ -148,4 +193,27 @@ export interface PspHostFace {
   guestStatus(handle: GuestHandle): GuestStatus;
   deactivate(handle: GuestHandle): void;
   decommission(handle: GuestHandle): void;
+
+  // Migration (docs/psp.md "Migration commands"). Sender: SEND_START, then any number of
+  // SEND_UPDATE_DATA / SEND_UPDATE_VMSA, then SEND_FINISH (or SEND_CANCEL to go back to RUNNING).
+  // Receiver: RECEIVE_START, ACTIVATE on the target machine, RECEIVE_UPDATE_*, RECEIVE_FINISH.
+
+  /** RUNNING → SUPDATE; opens the transport channel to the receiving platform. */
+  sendStart(handle: GuestHandle, target: SendStartTarget): SendStartResult;
+  /** `length` bytes (default 4096; 16..4096, a multiple of 16, inside one 4 KiB page) at `guestGpa`, re-wrapped for transport. */
+  sendUpdateData(handle: GuestHandle, guestGpa: Gpa, length?: number): TransportPacket;
+  /** SEV-ES only: vCPU `vcpu`'s VMSA (4096 bytes; the vCPU must be parked). */
+  sendUpdateVmsa(handle: GuestHandle, vcpu: number): TransportPacket;
+  /** SUPDATE → SENT (keys wiped; the source can never be sent or activated again). */
+  sendFinish(handle: GuestHandle): void;
+  /** SUPDATE → RUNNING (keys wiped). */
+  sendCancel(handle: GuestHandle): void;
+  /** A new guest context in RUPDATE, inactive: ACTIVATE it on the target machine before RECEIVE_UPDATE_*. */
+  receiveStart(p: ReceiveStartParams): GuestHandle;
+  /** Verifies, decrypts and writes one packet at `guestGpa` (16-aligned, inside one 4 KiB page). */
+  receiveUpdateData(handle: GuestHandle, p: ReceiveUpdateDataParams): void;
+  /** SEV-ES only: verifies, decrypts and installs vCPU `vcpu`'s VMSA (the vCPU must not have started). */
+  receiveUpdateVmsa(handle: GuestHandle, vcpu: number, p: TransportPacket): void;
+  /** RUPDATE → RUNNING (keys wiped). */
+  receiveFinish(handle: GuestHandle): void;
 }

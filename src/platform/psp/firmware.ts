@@ -6,7 +6,7 @@
  * platform state → handle (INVALID_GUEST) → the command's own argument/state checks → work.
  * A failure throws {@link SevError} with the SEV status and changes nothing.
  *
- * State machine (guest; FORMATS §9):
+ * State machine (guest; FORMATS §9, docs/psp.md):
  *
  *   LAUNCH_START ──► LUPDATE ──UPDATE_DATA/UPDATE_VMSA──► LUPDATE
  *                      │ LAUNCH_MEASURE
@@ -14,7 +14,16 @@
  *                    LSECRET ──LAUNCH_SECRET──► LSECRET
  *                      │ LAUNCH_FINISH (TEK/TIK and measurement wiped)
  *                      ▼
- *                    RUNNING ── SEND_* / RECEIVE_* (later: SUPDATE, RUPDATE, SENT)
+ *   RECEIVE_FINISH ─► RUNNING ◄── SEND_CANCEL ──┐
+ *        ▲             │ SEND_START            │
+ *        │             ▼                       │
+ *     RUPDATE        SUPDATE ──SEND_UPDATE_*──► SUPDATE
+ *        ▲  RECEIVE_UPDATE_*                   │ SEND_FINISH
+ *        │                                     ▼
+ *   RECEIVE_START                             SENT
+ *
+ * SEND_START / RECEIVE_START open a transport channel (TEK/TIK); SEND_FINISH, SEND_CANCEL and
+ * RECEIVE_FINISH wipe it (`sev_channel_close`).
  *
  * ACTIVATE / DEACTIVATE are orthogonal (any state but SENT); DECOMMISSION ends any state.
  * Platform: INIT after construction (the kernel's SEV_INIT), WORKING while at least one guest
@@ -49,7 +58,12 @@ import {
   type GuestStatus,
   type PlatformStatus,
   type PspHostFace,
+  type ReceiveStartParams,
+  type ReceiveUpdateDataParams,
+  type SendStartResult,
+  type SendStartTarget,
   type SevCommandName,
+  type TransportPacket,
 } from './api.js';
 import type { MachineLookup, PspMachinePort } from './port.js';
 import { generatePlatformKeys, type PlatformKeys } from './keys.js';
@@ -59,6 +73,11 @@ import { openLaunchSession } from '../../protocol/sev/session.js';
 import { LaunchDigest } from '../../protocol/sev/digest.js';
 import { launchMeasurement } from '../../protocol/sev/measurement.js';
 import { openLaunchSecret } from '../../protocol/sev/secret.js';
+import { buildSendSession, checkTransportLengths, openReceiveSession, openTransportPacket, sealTransportPacket, TRANSPORT_MAX_BYTES } from '../../protocol/sev/packet.js';
+import { PlatformChainError, splitPdhCertChain, verifyDomainChain, verifyPlatformChain } from '../../protocol/sev/chain.js';
+import { amdCaCertSize, decodeAmdCaCert, decodeSevCert, type AmdCaCert } from '../../protocol/sev/cert.js';
+import { PlatformError } from '../host-face.types.js';
+import { equalBytes } from '../../protocol/bytes.js';
 
 export interface PspFirmwareOptions {
   lookupMachine: MachineLookup;
@@ -88,6 +107,9 @@ export const PSP_LIMITS = {
   VEK_BYTES: 32,
   /** Guest contexts the emulated PSP holds at once (the firmware's SEV_GUEST_COUNT_MAX is similar). */
   MAX_GUESTS: 1024,
+  /** SEND_/RECEIVE_UPDATE_*: header size and the one-page cap per command (packet.ts). */
+  PACKET_HEADER_BYTES: 52,
+  TRANSPORT_MAX_BYTES,
 } as const;
 
 const ALIGN = 16;
@@ -241,14 +263,10 @@ export class PspFirmware implements PspHostFace {
     return this.run('LAUNCH_START', () => {
       const cmd = 'LAUNCH_START';
       this.requireInitOrWorking(cmd);
-      const policy = p.policy;
-      if (!Number.isInteger(policy) || policy < 0 || policy > 0xffffffff) {
-        throw new SevError(cmd, SevStatus.INVALID_PARAM, `policy ${String(policy)} is not a u32`);
-      }
+      const policy = this.requirePolicyU32(cmd, p.policy);
       // The firmware keys "channel or not" on dh_cert_paddr != 0; a session without a cert is a
       // host bug we refuse rather than silently ignore.
-      let tek: Uint8Array | null = null;
-      let tik: Uint8Array | null = null;
+      let keys: { tek: Uint8Array; tik: Uint8Array } | null = null;
       if (p.dhCert !== undefined || p.session !== undefined) {
         if (p.dhCert === undefined || p.session === undefined) {
           throw new SevError(cmd, SevStatus.INVALID_PARAM, 'dhCert and session go together');
@@ -256,75 +274,88 @@ export class PspFirmware implements PspHostFace {
         // Steps 1-6 (lengths; GODH sanity; ECDH + KDF; wrap_mac; unwrap TEK/TIK; policy_mac):
         // the session codec runs them in the firmware's order and throws SevFormatError
         // ('length' → INVALID_LENGTH, 'format' → INVALID_CERTIFICATE, 'mac' → BAD_MEASUREMENT).
-        const ch = openLaunchSession({ pdhPrivate: this.keys.pdh.privateKey, godhCert: p.dhCert, session: p.session, policy });
-        tek = ch.tek;
-        tik = ch.tik;
-        try {
-          // Step 7: platform API >= policy's minimum (FORMATS §3.4; sev_guest_verify_policy).
-          const needMajor = (policy >>> 16) & 0xff;
-          const needMinor = (policy >>> 24) & 0xff;
-          if (needMajor > this.apiMajor || (needMajor === this.apiMajor && needMinor > this.apiMinor)) {
-            throw new SevError(cmd, SevStatus.POLICY_FAILURE, `policy needs API ${needMajor}.${needMinor}, platform is ${this.apiMajor}.${this.apiMinor}`);
-          }
-          // Step 8: reserved bits 15:6.
-          if ((policy & POLICY_RESERVED_MASK) !== 0) {
-            throw new SevError(cmd, SevStatus.POLICY_FAILURE, `reserved policy bits 0x${(policy & POLICY_RESERVED_MASK).toString(16)} set`);
-          }
-        } catch (e) {
-          ch.tek.fill(0);
-          ch.tik.fill(0);
-          throw e;
-        }
+        keys = openLaunchSession({ pdhPrivate: this.keys.pdh.privateKey, godhCert: p.dhCert, session: p.session, policy });
       }
-      try {
-        // Step 9: key sharing. The firmware copies the sharer's VEK seed.
-        let vek: Uint8Array;
-        const shared = p.handle ?? 0;
-        if (shared === 0) {
-          vek = new Uint8Array(randomBytes(PSP_LIMITS.VEK_BYTES));
-        } else {
-          const other = this.guest(cmd, shared as GuestHandle);
-          if (other.policy !== policy || (other.policy & PolicyBit.NOKS) !== 0) {
-            throw new SevError(cmd, SevStatus.POLICY_FAILURE, `key sharing with guest ${shared}: policies 0x${other.policy.toString(16)} / 0x${policy.toString(16)} differ or NOKS set`);
-          }
-          vek = Uint8Array.from(other.vek);
-        }
-        if (this.guests.size >= PSP_LIMITS.MAX_GUESTS) {
-          vek.fill(0);
-          throw new SevError(cmd, SevStatus.RESOURCE_LIMIT, `${this.guests.size} guests`);
-        }
-        // Step 10: ES. The firmware refuses (UNSUPPORTED) an ES policy on a platform without SEV-ES
-        // rather than downgrading the guest to plain SEV.
-        const sevEs = (policy & PolicyBit.ES) !== 0;
-        if (sevEs && !this.esEnabled) {
-          vek.fill(0);
-          throw new SevError(cmd, SevStatus.UNSUPPORTED, 'policy requires SEV-ES; SEV-ES is not initialised on this platform');
-        }
-        // Step 11: LUPDATE, fresh launch digest. Commit only now that every check has passed.
-        const handle = this.nextHandle++ as GuestHandle;
-        this.guests.set(handle, {
-          handle,
-          policy,
-          sevEs,
-          state: 'LUPDATE',
-          asid: 0,
-          port: null,
-          vek,
-          tek,
-          tik,
-          channel: tek !== null,
-          digest: new LaunchDigest(),
-          launchDigest: null,
-          measurement: null,
-        });
-        this.platformState = PlatformState.WORKING;
-        return handle;
-      } catch (e) {
-        tek?.fill(0);
-        tik?.fill(0);
-        throw e;
-      }
+      return this.newGuest(cmd, { shared: p.handle ?? 0, policy, keys, state: 'LUPDATE' });
     });
+  }
+
+  private requirePolicyU32(cmd: SevCommandName, policy: number): number {
+    if (!Number.isInteger(policy) || policy < 0 || policy > 0xffffffff) {
+      throw new SevError(cmd, SevStatus.INVALID_PARAM, `policy ${String(policy)} is not a u32`);
+    }
+    return policy;
+  }
+
+  /**
+   * The tail of LAUNCH_START and RECEIVE_START, in the firmware's order: the rest of
+   * `sev_guest_verify_policy` (only with a channel, as there), key sharing, the guest limit, ES,
+   * then the new context. Channel keys are wiped on any refusal.
+   */
+  private newGuest(
+    cmd: SevCommandName,
+    p: { shared: number; policy: number; keys: { tek: Uint8Array; tik: Uint8Array } | null; state: 'LUPDATE' | 'RUPDATE' },
+  ): GuestHandle {
+    const { policy, keys } = p;
+    let vek: Uint8Array | null = null;
+    try {
+      if (keys !== null) {
+        // Step 7: platform API >= policy's minimum (FORMATS §3.4; sev_guest_verify_policy).
+        const needMajor = (policy >>> 16) & 0xff;
+        const needMinor = (policy >>> 24) & 0xff;
+        if (needMajor > this.apiMajor || (needMajor === this.apiMajor && needMinor > this.apiMinor)) {
+          throw new SevError(cmd, SevStatus.POLICY_FAILURE, `policy needs API ${needMajor}.${needMinor}, platform is ${this.apiMajor}.${this.apiMinor}`);
+        }
+        // Step 8: reserved bits 15:6.
+        if ((policy & POLICY_RESERVED_MASK) !== 0) {
+          throw new SevError(cmd, SevStatus.POLICY_FAILURE, `reserved policy bits 0x${(policy & POLICY_RESERVED_MASK).toString(16)} set`);
+        }
+      }
+      // Step 9: key sharing. The firmware copies the sharer's VEK seed.
+      if (p.shared === 0) {
+        vek = new Uint8Array(randomBytes(PSP_LIMITS.VEK_BYTES));
+      } else {
+        const other = this.guest(cmd, p.shared as GuestHandle);
+        if (other.policy !== policy || (other.policy & PolicyBit.NOKS) !== 0) {
+          throw new SevError(cmd, SevStatus.POLICY_FAILURE, `key sharing with guest ${p.shared}: policies 0x${other.policy.toString(16)} / 0x${policy.toString(16)} differ or NOKS set`);
+        }
+        vek = Uint8Array.from(other.vek);
+      }
+      if (this.guests.size >= PSP_LIMITS.MAX_GUESTS) {
+        throw new SevError(cmd, SevStatus.RESOURCE_LIMIT, `${this.guests.size} guests`);
+      }
+      // Step 10: ES. The firmware refuses (UNSUPPORTED) an ES policy on a platform without SEV-ES
+      // rather than downgrading the guest to plain SEV.
+      const sevEs = (policy & PolicyBit.ES) !== 0;
+      if (sevEs && !this.esEnabled) {
+        throw new SevError(cmd, SevStatus.UNSUPPORTED, 'policy requires SEV-ES; SEV-ES is not initialised on this platform');
+      }
+      // Step 11: the new context (LUPDATE with a fresh launch digest, or RUPDATE). Commit only now
+      // that every check has passed.
+      const handle = this.nextHandle++ as GuestHandle;
+      this.guests.set(handle, {
+        handle,
+        policy,
+        sevEs,
+        state: p.state,
+        asid: 0,
+        port: null,
+        vek,
+        tek: keys?.tek ?? null,
+        tik: keys?.tik ?? null,
+        channel: keys !== null,
+        digest: p.state === 'LUPDATE' ? new LaunchDigest() : null,
+        launchDigest: null,
+        measurement: null,
+      });
+      this.platformState = PlatformState.WORKING;
+      return handle;
+    } catch (e) {
+      vek?.fill(0);
+      keys?.tek.fill(0);
+      keys?.tik.fill(0);
+      throw e;
+    }
   }
 
   activate(handle: GuestHandle, asid: Asid): void {
@@ -515,24 +546,289 @@ export class PspFirmware implements PspHostFace {
     g.port = null;
   }
 
-  // ---------------------------------------------------------------- migration (later issue)
+  // ---------------------------------------------------------------- migration: sender
 
   /**
-   * SEND_START's policy gate, the place SEND_* will grow from. NOSEND (policy bit 3) → POLICY_FAILURE,
-   * as the firmware checks it; otherwise UNSUPPORTED until SEND/RECEIVE are implemented.
-   * SEND_* need: state RUNNING (→ SUPDATE → SENT), a fresh channel from the target's PDH, the
-   * DOMAIN/SEV policy bits checked against the target chain. RECEIVE_* mirror it (RUPDATE).
-   * DBG_DECRYPT/ENCRYPT, if ever added, must refuse NODBG guests the same way.
+   * SEND_START (`sev_mcmd_send_start`): RUNNING → SUPDATE with a fresh transport channel to the
+   * receiving platform. Checks in the firmware's order: state; NOSEND; policy SEV → the receiver's
+   * full chain PDH ← PEK ← CEK ← ASK ← ARK (the ARK must be the one this PSP trusts) and its PEK's
+   * API version against the policy minimum; policy DOMAIN → PDH ← PEK ← OCA and the OCA must be
+   * this platform's own; then the receiver's PDH sanity check and the channel.
    */
-  sendStart(handle: GuestHandle): never {
+  sendStart(handle: GuestHandle, target: SendStartTarget): SendStartResult {
     return this.run('SEND_START', () => {
       const cmd = 'SEND_START';
       this.requireWorking(cmd);
       const g = this.guest(cmd, handle);
       this.requireState(cmd, g, 'RUNNING');
       if ((g.policy & PolicyBit.NOSEND) !== 0) throw new SevError(cmd, SevStatus.POLICY_FAILURE, `guest ${g.handle} policy has NOSEND`);
-      throw new SevError(cmd, SevStatus.UNSUPPORTED, 'SEND_START is not implemented yet');
+      if ((g.policy & PolicyBit.SEV) !== 0) this.validateReceiverPlatform(cmd, g.policy, target);
+      if ((g.policy & PolicyBit.DOMAIN) !== 0) this.validateReceiverDomain(cmd, target);
+      this.requireBytes(cmd, 'receiver PDH', target.pdh, PSP_LIMITS.SEV_CERT_BYTES);
+      // sev_channel_open_client: PDH sanity ('format' → INVALID_CERTIFICATE), static ECDH of the
+      // two platforms' PDH keys, fresh nonce/TEK/TIK/wrap IV.
+      const ch = buildSendSession({ pdhPrivate: this.keys.pdh.privateKey, receiverPdhCert: target.pdh, policy: g.policy });
+      g.tek = ch.tek;
+      g.tik = ch.tik;
+      g.state = 'SUPDATE';
+      return { session: ch.session, pdhCert: Uint8Array.from(this.keys.pdh.cert), policy: g.policy };
     });
+  }
+
+  /** SEND_UPDATE_DATA: one guest range (at most one 4 KiB page) re-wrapped under TEK/TIK. */
+  sendUpdateData(handle: GuestHandle, guestGpa: Gpa, length: number = PSP_LIMITS.TRANSPORT_MAX_BYTES): TransportPacket {
+    return this.run('SEND_UPDATE_DATA', () => {
+      const cmd = 'SEND_UPDATE_DATA';
+      const { port, keys } = this.transportCommon(cmd, handle, 'SUPDATE', false);
+      if (!Number.isSafeInteger(length) || length <= 0 || length % ALIGN !== 0 || length > PSP_LIMITS.TRANSPORT_MAX_BYTES) {
+        throw new SevError(cmd, SevStatus.INVALID_LENGTH, `length ${String(length)}: one command moves a nonzero multiple of 16 bytes, at most one ${PSP_LIMITS.TRANSPORT_MAX_BYTES}-byte page`);
+      }
+      this.requirePageRange(cmd, port, guestGpa, length);
+      // copy_from_x86_encrypted: the PSP decrypts with the VEK whatever the page holds (a shared
+      // page comes out as garbage: no page-state table under SEV/SEV-ES).
+      const plain = port.readPrivate(guestGpa, length);
+      try {
+        return sealTransportPacket({ tek: keys.tek, tik: keys.tik, plaintext: plain });
+      } finally {
+        plain.fill(0);
+      }
+    });
+  }
+
+  /** SEND_UPDATE_VMSA (SEV-ES only): the parked vCPU's VMSA re-wrapped under TEK/TIK. */
+  sendUpdateVmsa(handle: GuestHandle, vcpu: number): TransportPacket {
+    return this.run('SEND_UPDATE_VMSA', () => {
+      const cmd = 'SEND_UPDATE_VMSA';
+      const { port, keys } = this.transportCommon(cmd, handle, 'SUPDATE', true);
+      this.requireVcpu(cmd, port, vcpu);
+      const vmsa = this.portCall(cmd, () => port.readVmsa(vcpu));
+      try {
+        return sealTransportPacket({ tek: keys.tek, tik: keys.tik, plaintext: vmsa });
+      } finally {
+        vmsa.fill(0);
+      }
+    });
+  }
+
+  /**
+   * SEND_FINISH: SUPDATE → SENT, transport keys wiped. As on hardware, SENT neither stops the
+   * vCPUs nor removes the key from the memory controller (DESIGN §2: nothing in hardware stops a
+   * source from being resumed); the PSP only refuses every further command but DEACTIVATE,
+   * DECOMMISSION and GUEST_STATUS (ACTIVATE in SENT is INVALID_GUEST_STATE).
+   */
+  sendFinish(handle: GuestHandle): void {
+    this.run('SEND_FINISH', () => this.endSend('SEND_FINISH', handle, 'SENT'));
+  }
+
+  /** SEND_CANCEL: SUPDATE → RUNNING, transport keys wiped; a new SEND_START may follow. */
+  sendCancel(handle: GuestHandle): void {
+    this.run('SEND_CANCEL', () => this.endSend('SEND_CANCEL', handle, 'RUNNING'));
+  }
+
+  private endSend(cmd: SevCommandName, handle: GuestHandle, next: 'SENT' | 'RUNNING'): void {
+    this.requireWorking(cmd);
+    const g = this.guest(cmd, handle);
+    this.requireState(cmd, g, 'SUPDATE');
+    this.closeChannel(g);
+    g.state = next;
+  }
+
+  // ---------------------------------------------------------------- migration: receiver
+
+  /**
+   * RECEIVE_START: a new guest context in RUPDATE. The session is opened with this platform's PDH
+   * private key and the sender's PDH (lengths → INVALID_LENGTH, sanity → INVALID_CERTIFICATE,
+   * wrap_mac and policy_mac → BAD_MEASUREMENT, so the HV cannot change the policy), then the rest
+   * of LAUNCH_START's policy, key-sharing and ES checks. ACTIVATE binds it to the target machine
+   * next (KVM does both inside KVM_SEV_RECEIVE_START), before any RECEIVE_UPDATE_*.
+   */
+  receiveStart(p: ReceiveStartParams): GuestHandle {
+    return this.run('RECEIVE_START', () => {
+      const cmd = 'RECEIVE_START';
+      this.requireInitOrWorking(cmd);
+      const policy = this.requirePolicyU32(cmd, p.policy);
+      const keys = openReceiveSession({ pdhPrivate: this.keys.pdh.privateKey, senderPdhCert: p.pdhCert, session: p.session, policy });
+      return this.newGuest(cmd, { shared: p.handle ?? 0, policy, keys, state: 'RUPDATE' });
+    });
+  }
+
+  /**
+   * RECEIVE_UPDATE_DATA: lengths, address, flags, MAC (BAD_MEASUREMENT, nothing written), then
+   * decrypt and write through the target's VEK at the GPA the host names — the packet itself
+   * binds no address, order or count (docs/psp.md, "Weaknesses kept").
+   */
+  receiveUpdateData(handle: GuestHandle, p: ReceiveUpdateDataParams): void {
+    this.run('RECEIVE_UPDATE_DATA', () => {
+      const cmd = 'RECEIVE_UPDATE_DATA';
+      const { port, keys } = this.transportCommon(cmd, handle, 'RUPDATE', false);
+      checkTransportLengths(p.header.byteLength, p.trans.byteLength);
+      this.requirePageRange(cmd, port, p.guestGpa, p.trans.byteLength);
+      const plain = openTransportPacket({ tek: keys.tek, tik: keys.tik, header: p.header, trans: p.trans });
+      try {
+        port.writePrivate(p.guestGpa, plain);
+      } finally {
+        plain.fill(0);
+      }
+    });
+  }
+
+  /** RECEIVE_UPDATE_VMSA (SEV-ES only): verifies, decrypts and installs vCPU `vcpu`'s VMSA. */
+  receiveUpdateVmsa(handle: GuestHandle, vcpu: number, p: TransportPacket): void {
+    this.run('RECEIVE_UPDATE_VMSA', () => {
+      const cmd = 'RECEIVE_UPDATE_VMSA';
+      const { port, keys } = this.transportCommon(cmd, handle, 'RUPDATE', true);
+      checkTransportLengths(p.header.byteLength, p.trans.byteLength);
+      if (p.trans.byteLength !== PSP_LIMITS.VMSA_BYTES) {
+        throw new SevError(cmd, SevStatus.INVALID_LENGTH, `a VMSA packet carries ${PSP_LIMITS.VMSA_BYTES} bytes, got ${p.trans.byteLength}`);
+      }
+      this.requireVcpu(cmd, port, vcpu);
+      const vmsa = openTransportPacket({ tek: keys.tek, tik: keys.tik, header: p.header, trans: p.trans });
+      try {
+        this.portCall(cmd, () => port.installVmsa(vcpu, vmsa));
+      } finally {
+        vmsa.fill(0);
+      }
+    });
+  }
+
+  /** RECEIVE_FINISH: RUPDATE → RUNNING, transport keys wiped. Nothing checks that every page came. */
+  receiveFinish(handle: GuestHandle): void {
+    this.run('RECEIVE_FINISH', () => {
+      const cmd = 'RECEIVE_FINISH';
+      this.requireWorking(cmd);
+      const g = this.guest(cmd, handle);
+      this.requireState(cmd, g, 'RUPDATE');
+      this.closeChannel(g);
+      g.state = 'RUNNING';
+    });
+  }
+
+  // ---------------------------------------------------------------- migration helpers
+
+  /** sev_mcmd_send_update / receive_update's common checks, in their order. */
+  private transportCommon(
+    cmd: SevCommandName,
+    handle: GuestHandle,
+    state: 'SUPDATE' | 'RUPDATE',
+    isVmsa: boolean,
+  ): { port: PspMachinePort; keys: { tek: Uint8Array; tik: Uint8Array } } {
+    this.requireWorking(cmd);
+    const g = this.guest(cmd, handle);
+    this.requireState(cmd, g, state);
+    if (isVmsa && !g.sevEs) throw new SevError(cmd, SevStatus.UNSUPPORTED, `guest ${g.handle} is not SEV-ES`);
+    const port = this.requireActive(cmd, g);
+    // SEND_START / RECEIVE_START set both keys and only SEND_FINISH/CANCEL, RECEIVE_FINISH and
+    // DECOMMISSION (which also leave these states) clear them.
+    if (g.tek === null || g.tik === null) throw new SevError(cmd, SevStatus.INVALID_GUEST_STATE, `guest ${g.handle} has no transport channel`);
+    return { port, keys: { tek: g.tek, tik: g.tik } };
+  }
+
+  /** 16-aligned, inside guest memory and inside one 4 KiB page (KVM's rule) → else INVALID_ADDRESS. */
+  private requirePageRange(cmd: SevCommandName, port: PspMachinePort, at: Gpa, len: number): void {
+    if (!Number.isSafeInteger(at) || at % ALIGN !== 0) {
+      throw new SevError(cmd, SevStatus.INVALID_ADDRESS, `GPA 0x${Number(at).toString(16)} is not 16-byte aligned`);
+    }
+    this.requireRange(cmd, port, at, len);
+    if ((at % PSP_LIMITS.TRANSPORT_MAX_BYTES) + len > PSP_LIMITS.TRANSPORT_MAX_BYTES) {
+      throw new SevError(cmd, SevStatus.INVALID_ADDRESS, `[0x${at.toString(16)}, +0x${len.toString(16)}) crosses a 4 KiB page`);
+    }
+  }
+
+  private requireVcpu(cmd: SevCommandName, port: PspMachinePort, vcpu: number): void {
+    if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= port.vcpuCount) {
+      throw new SevError(cmd, SevStatus.INVALID_PARAM, `vCPU ${vcpu} not in 0..${port.vcpuCount - 1}`);
+    }
+  }
+
+  private requireBytes(cmd: SevCommandName, what: string, b: Uint8Array | undefined, n: number): Uint8Array {
+    if (!(b instanceof Uint8Array) || b.byteLength !== n) {
+      throw new SevError(cmd, SevStatus.INVALID_LENGTH, `${what}: ${b instanceof Uint8Array ? b.byteLength : 0} bytes, need ${n}`);
+    }
+    return b;
+  }
+
+  /**
+   * A machine-port call whose refusal is the vCPU's run state (reading a running vCPU's VMSA,
+   * installing one into a started vCPU). KVM refuses such calls before the PSP; the emulated PSP
+   * answers INVALID_PARAM, the status the firmware gives a VMSA it cannot use.
+   */
+  private portCall<T>(cmd: SevCommandName, fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (e instanceof PlatformError) throw new SevError(cmd, SevStatus.INVALID_PARAM, e.message);
+      throw e;
+    }
+  }
+
+  private closeChannel(g: GuestContext): void {
+    g.tek?.fill(0);
+    g.tik?.fill(0);
+    g.tek = null;
+    g.tik = null;
+  }
+
+  /**
+   * Policy bit SEV (`validate_platform`): lengths first (INVALID_LENGTH), the ARK must be the root
+   * this PSP trusts (its fused ARK; here the emulated one) → INVALID_CERTIFICATE, then the chain
+   * (a signature that does not verify → BAD_SIGNATURE, anything else → INVALID_CERTIFICATE), then
+   * the receiver's PEK API version >= the policy's minimum → POLICY_FAILURE.
+   */
+  private validateReceiverPlatform(cmd: SevCommandName, policy: number, t: SendStartTarget): void {
+    const chain = splitPdhCertChain(this.requireBytes(cmd, 'receiver PEK‖OCA‖CEK', t.certChain, 3 * PSP_LIMITS.SEV_CERT_BYTES));
+    const pdh = this.requireBytes(cmd, 'receiver PDH', t.pdh, PSP_LIMITS.SEV_CERT_BYTES);
+    const ask = this.requireAmdCert(cmd, 'ASK', t.ask);
+    const ark = this.requireAmdCert(cmd, 'ARK', t.ark);
+    let given: AmdCaCert;
+    try {
+      given = decodeAmdCaCert(ark);
+    } catch (e) {
+      if (e instanceof SevFormatError) throw new SevError(cmd, SevStatus.INVALID_CERTIFICATE, `receiver ARK: ${e.message}`);
+      throw e;
+    }
+    const fused = decodeAmdCaCert(this.keys.ark.cert);
+    if (!equalBytes(given.keyId, fused.keyId) || !equalBytes(given.modulus, fused.modulus) || !equalBytes(given.pubExp, fused.pubExp)) {
+      throw new SevError(cmd, SevStatus.INVALID_CERTIFICATE, 'receiver ARK is not the AMD root this PSP trusts');
+    }
+    this.chainCheck(cmd, () => verifyPlatformChain({ ark, ask, cek: chain.cek, pek: chain.pek, pdh }));
+    const pek = decodeSevCert(chain.pek);
+    const needMajor = (policy >>> 16) & 0xff;
+    const needMinor = (policy >>> 24) & 0xff;
+    if (pek.apiMajor < needMajor || (pek.apiMajor === needMajor && pek.apiMinor < needMinor)) {
+      throw new SevError(cmd, SevStatus.POLICY_FAILURE, `receiver firmware API ${pek.apiMajor}.${pek.apiMinor} below the policy's ${needMajor}.${needMinor}`);
+    }
+  }
+
+  /** Policy bit DOMAIN (`validate_domain`): PDH ← PEK ← OCA, and the OCA must be this platform's. */
+  private validateReceiverDomain(cmd: SevCommandName, t: SendStartTarget): void {
+    const chain = splitPdhCertChain(this.requireBytes(cmd, 'receiver PEK‖OCA‖CEK', t.certChain, 3 * PSP_LIMITS.SEV_CERT_BYTES));
+    const pdh = this.requireBytes(cmd, 'receiver PDH', t.pdh, PSP_LIMITS.SEV_CERT_BYTES);
+    this.chainCheck(cmd, () => verifyDomainChain({ oca: chain.oca, pek: chain.pek, pdh }));
+    if (!equalBytes(chain.oca, this.keys.oca.cert)) {
+      throw new SevError(cmd, SevStatus.POLICY_FAILURE, 'receiver is in another owner domain (its OCA is not this platform\'s)');
+    }
+  }
+
+  /** AMD CA certificates come in two sizes (RSA-2048 and RSA-4096): anything else is INVALID_LENGTH. */
+  private requireAmdCert(cmd: SevCommandName, what: string, b: Uint8Array | undefined): Uint8Array {
+    const n = b instanceof Uint8Array ? b.byteLength : 0;
+    if (b === undefined || (n !== amdCaCertSize(2048) && n !== amdCaCertSize(4096))) {
+      throw new SevError(cmd, SevStatus.INVALID_LENGTH, `receiver ${what}: ${n} bytes is not an AMD CA certificate size`);
+    }
+    return b;
+  }
+
+  private chainCheck(cmd: SevCommandName, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      if (e instanceof PlatformChainError) {
+        // sev_cert_validate_sig: a slot that does not verify is BAD_SIGNATURE; wrong usage, no
+        // matching slot, an undecodable certificate, a wrong issuer are INVALID_CERTIFICATE.
+        throw new SevError(cmd, e.kind === 'signature' ? SevStatus.BAD_SIGNATURE : SevStatus.INVALID_CERTIFICATE, e.message);
+      }
+      throw e;
+    }
   }
 
   // ---------------------------------------------------------------- test/diagnostic views

@@ -17,8 +17,26 @@ export interface PspMachinePort {
   /** Writes guest plaintext (inside the encryption boundary). Throws RangeError when out of range. */
   writePlaintext(at: Gpa, data: Uint8Array): void;
   readPlaintext(at: Gpa, len: number): Uint8Array;
+  /**
+   * `len` bytes at `at`, inside one 4 KiB page, read the way the PSP reads guest memory for
+   * SEND_UPDATE_DATA (copy_from_x86_encrypted: C-bit set, the guest's key): a private page gives
+   * its plaintext; a page the guest made shared holds plaintext in DRAM, which this read
+   * "decrypts" with the VEK into garbage — the PSP has no page-state table under SEV/SEV-ES.
+   */
+  readPrivate(at: Gpa, len: number): Uint8Array;
+  /**
+   * The reverse, as RECEIVE_UPDATE_DATA writes (copy_to_x86_encrypted), inside one 4 KiB page: a
+   * private page receives `data` as its plaintext; a shared page ends up holding `data` encrypted
+   * under the VEK, which is what the guest then reads through its shared mapping.
+   */
+  writePrivate(at: Gpa, data: Uint8Array): void;
   /** Installs vCPU `vcpu`'s VMSA (4096 bytes) as its encrypted register state. */
   installVmsa(vcpu: number, vmsa: Uint8Array): void;
+  /**
+   * A copy of vCPU `vcpu`'s VMSA (4096 bytes), for SEND_UPDATE_VMSA. Throws PlatformError
+   * 'vcpu-state' while the vCPU runs: its state is only consistent once it is parked.
+   */
+  readVmsa(vcpu: number): Uint8Array;
   /** Hands the memory encryption engine the VEK (AES-128-XTS: 32 bytes), or removes it (null). */
   setEncryptionKey(vek: Uint8Array | null): void;
 }

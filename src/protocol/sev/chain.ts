@@ -10,6 +10,8 @@
  *   OCA (usage 0x1001, self-signed) — optional: owners that do not know the platform owner skip it.
  *
  * PDH_CERT_EXPORT's chain blob is PEK ‖ OCA ‖ CEK (3 × 0x824): {@link splitPdhCertChain}.
+ * SEND_START checks the receiver with {@link verifyPlatformChain} (policy bit SEV, without the OCA)
+ * and {@link verifyDomainChain} (policy bit DOMAIN).
  */
 import type { KeyObject } from 'node:crypto';
 import { SevFormatError } from './errors.js';
@@ -114,6 +116,20 @@ export function verifyPlatformChain(p: PlatformChain): void {
     requireSig('pek', p.pek, oca.key, CertUsage.OCA, 'oca');
   }
 
+  decodeAs('pdh', p.pdh, CertUsage.PDH, ECDH);
+  requireSig('pdh', p.pdh, pek.key, CertUsage.PEK, 'pek');
+}
+
+/**
+ * SEND_START's DOMAIN check (`validate_domain`): the OCA is self-signed, the PEK carries a
+ * signature by that OCA, the PDH one by the PEK. The CEK/ASK/ARK play no part; whether the OCA is
+ * the sender's own (same owner domain) is the caller's byte comparison.
+ */
+export function verifyDomainChain(p: { oca: Uint8Array; pek: Uint8Array; pdh: Uint8Array }): void {
+  const oca = decodeAs('oca', p.oca, CertUsage.OCA, ECDSA);
+  requireSig('oca', p.oca, oca.key, CertUsage.OCA, 'oca');
+  const pek = decodeAs('pek', p.pek, CertUsage.PEK, ECDSA);
+  requireSig('pek', p.pek, oca.key, CertUsage.OCA, 'oca');
   decodeAs('pdh', p.pdh, CertUsage.PDH, ECDH);
   requireSig('pdh', p.pdh, pek.key, CertUsage.PEK, 'pek');
 }

@@ -28,7 +28,8 @@
 import { randomBytes } from 'node:crypto';
 import { guidFromBytes, guidToBytes, NULL_GUID } from '../guid.js';
 import { SevFormatError, expectLength } from './errors.js';
-import { aes128Ctr, hmacSha256, macEqual } from './session.js';
+import { aes128Ctr, macEqual } from './session.js';
+import { ChannelContext, sevChannelMac } from './packet.js';
 
 export const SECRET_TABLE_GUID = '1e74f542-71dd-4d66-963e-ef4287ff173b';
 /** Disk (LUKS) passphrase entry: grub GRUB_EFI_DISKPASSWD_GUID, libvirt alias `luks-key`. */
@@ -46,8 +47,6 @@ export const SecretHeaderOffset = { FLAGS: 0x00, IV: 0x04, MAC: 0x14 } as const;
 export const SecretFlag = { COMPRESSED: 1 } as const;
 /** The PSP's cap on guest_len/trans_len. */
 export const SECRET_MAX_LENGTH = 0x5000;
-/** SEV_CHANNEL_CTX_SECRET, the first byte of the MAC input. */
-const CTX_SECRET = 0x01;
 
 export interface SecretEntry {
   guid: string;
@@ -156,18 +155,9 @@ export function decodeSecretHeader(b: Uint8Array): SecretHeader {
   };
 }
 
-function u32le(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v >>> 0, true);
-  return b;
-}
-
-/** MAC of a LAUNCH_SECRET packet (API ≥ 0.17 form, with MEASURE). */
+/** MAC of a LAUNCH_SECRET packet (API ≥ 0.17 form, with MEASURE): the channel MAC of packet.ts, context SECRET. */
 export function launchSecretMac(p: { tik: Uint8Array; flags: number; iv: Uint8Array; ciphertext: Uint8Array; measurement: Uint8Array }): Uint8Array {
-  expectLength('TIK', p.tik, 16);
-  expectLength('measurement', p.measurement, 32);
-  const len = u32le(p.ciphertext.byteLength);
-  return hmacSha256(p.tik, Uint8Array.of(CTX_SECRET), u32le(p.flags), p.iv, len, len, p.ciphertext, p.measurement);
+  return sevChannelMac({ ctx: ChannelContext.SECRET, tik: p.tik, flags: p.flags, iv: p.iv, payload: p.ciphertext, measurement: p.measurement });
 }
 
 /**

@@ -33,8 +33,17 @@ class FakeMachine implements PspMachinePort {
   readPlaintext(at: Gpa, len: number): Uint8Array {
     return (this.writes.get(at) ?? new Uint8Array(len)).slice(0, len);
   }
+  readPrivate(at: Gpa, len: number): Uint8Array {
+    return this.readPlaintext(at, len);
+  }
+  writePrivate(at: Gpa, data: Uint8Array): void {
+    this.writePlaintext(at, data);
+  }
   installVmsa(vcpu: number, vmsa: Uint8Array): void {
     this.vmsas.set(vcpu, Uint8Array.from(vmsa));
+  }
+  readVmsa(vcpu: number): Uint8Array {
+    return Uint8Array.from(this.vmsas.get(vcpu) ?? new Uint8Array(4096));
   }
   setEncryptionKey(vek: Uint8Array | null): void {
     this.vek = vek === null ? null : Uint8Array.from(vek);
@@ -188,7 +197,7 @@ test('every illegal transition → INVALID_GUEST_STATE', () => {
   expectSev(() => psp.launchFinish(h), 'INVALID_GUEST_STATE');
   // SEND_START needs RUNNING: from LUPDATE it is illegal.
   const h2 = psp.launchStart({ policy: 0x01 });
-  expectSev(() => psp.sendStart(h2), 'INVALID_GUEST_STATE');
+  expectSev(() => psp.sendStart(h2, { pdh: psp.pdhCertExport().pdh }), 'INVALID_GUEST_STATE');
   // ES VMSA in LSECRET.
   const e = launched(0x05);
   e.psp.activate(e.h, e.m.asid);
@@ -309,11 +318,14 @@ test('NOSEND is recorded and SEND_START refuses it with POLICY_FAILURE', () => {
   psp.activate(h, m.asid);
   psp.launchMeasure(h);
   psp.launchFinish(h);
-  expectSev(() => psp.sendStart(h), 'POLICY_FAILURE');
+  const target = { pdh: generatePlatformKeys().pdh.cert };
+  expectSev(() => psp.sendStart(h, target), 'POLICY_FAILURE');
+  assert.equal(psp.guestStatus(h).state, 'RUNNING');
   const other = psp.launchStart({ policy: 0x01 });
   psp.launchMeasure(other);
   psp.launchFinish(other);
-  expectSev(() => psp.sendStart(other), 'UNSUPPORTED'); // allowed by policy, not built yet
+  psp.sendStart(other, target); // allowed by policy
+  assert.equal(psp.guestStatus(other).state, 'SUPDATE');
 });
 
 test('key sharing: same policy shares the VEK; NOKS or a different policy → POLICY_FAILURE', () => {
