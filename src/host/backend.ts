@@ -14,13 +14,17 @@ import { MIGRATION_CAPABILITIES } from './qmp/actions.js';
 import { Vmm, VmmError } from './vmm.js';
 import { migrationIsRunning, type MigrationStatusName } from './qmp/gate.js';
 import type { JsonValue } from '../protocol/qmp.js';
+import type { GuestHandle } from '../platform/host-face.js';
 import { startIncoming, startOutgoing, type IncomingMigration, type OutgoingMigration } from './migration/session.js';
 import type { PrecopyParams } from './migration/precopy.js';
 import { mhCountOf } from './migration/mh-mover.js';
 import type { MhTestHooks } from './migration/mh-migration.js';
 
-/** Page movers (x-sevmig-mover): 'plain' for non-confidential guests; 'mh' (sealed records) comes next. */
-export const PAGE_MOVERS = ['plain', 'mh'] as const;
+/**
+ * Page movers (x-sevmig-mover): 'plain' for non-confidential guests, 'mh' through the guest's
+ * Migration Handler, 'psp' through the platform's SEND_/RECEIVE_ commands (the slow path).
+ */
+export const PAGE_MOVERS = ['plain', 'mh', 'psp'] as const;
 export type PageMoverName = (typeof PAGE_MOVERS)[number];
 
 /** Vendor migration parameters: validation per name (anything else is "unexpected"). */
@@ -123,7 +127,10 @@ export class VmmBackend implements QmpBackend {
     if (!vm) throw new QmpError('GenericError', 'migrate needs a VM');
     const mover = this.parameters['x-sevmig-mover'] as PageMoverName;
     if (mover === 'plain' && vm.options.sevType !== 'none') {
-      throw new QmpError('GenericError', `The 'plain' page mover cannot migrate a '${vm.options.sevType}' guest: its pages are ciphertext bound to this host's PSP (set x-sevmig-mover 'mh')`);
+      throw new QmpError('GenericError', `The 'plain' page mover cannot migrate a '${vm.options.sevType}' guest: its pages are ciphertext bound to this host's PSP (set x-sevmig-mover 'mh' or 'psp')`);
+    }
+    if (mover === 'psp' && (vm.options.sevType === 'none' || vm.handle === null)) {
+      throw new QmpError('GenericError', "The 'psp' page mover migrates a launched SEV or SEV-ES guest (it needs the guest's PSP handle)");
     }
     const log = this.opts.log;
     const mhCount = mhCountOf(vm.options.cmdline);
@@ -154,6 +161,7 @@ export class VmmBackend implements QmpBackend {
       },
       {
         machine: vm.machine,
+        ...(mover === 'psp' && vm.handle !== null ? { psp: { face: this.vmm.platform.psp, handle: vm.handle } } : {}),
         stopVm: () => (mover === 'mh' ? this.vmm.stopForMigration(undefined, workload) : this.vmm.stopForMigration()),
         resumeVm: () => this.vmm.resumeAfterMigration(),
         emit: (e) => this.emit(e),
@@ -175,7 +183,9 @@ export class VmmBackend implements QmpBackend {
     const vm = this.vmm.current;
     if (!vm) throw new QmpError('GenericError', 'migrate-incoming needs a VM');
     const mover = this.parameters['x-sevmig-mover'] as PageMoverName;
-    if (vm.options.sevType !== 'none' && mover !== 'mh') throw new QmpError('GenericError', `Incoming migration of a '${vm.options.sevType}' guest needs the 'mh' page mover (x-sevmig-mover)`);
+    if (vm.options.sevType !== 'none' && mover === 'plain') throw new QmpError('GenericError', `Incoming migration of a '${vm.options.sevType}' guest needs the 'mh' or 'psp' page mover (x-sevmig-mover)`);
+    if (mover === 'psp' && !vm.options.pspReceive) throw new QmpError('GenericError', "The 'psp' page mover needs a target created to receive through the PSP (vm-create 'psp-receive': true)");
+    if (mover !== 'psp' && vm.options.pspReceive) throw new QmpError('GenericError', "A target created with 'psp-receive' takes only the 'psp' page mover");
     const mhCount = mhCountOf(vm.options.cmdline);
     if (mover === 'mh' && mhCount < 1) throw new QmpError('GenericError', "The 'mh' page mover needs a guest with MH vCPUs (cmdline mh=N)");
     const log = this.opts.log;
@@ -184,6 +194,7 @@ export class VmmBackend implements QmpBackend {
         { uri, pageChannels: this.pageChannels(), events: this.cap('events'), mover, mhCount },
         {
           machine: vm.machine,
+          ...(mover === 'psp' ? { psp: { face: this.vmm.platform.psp, adopt: (h: GuestHandle) => this.vmm.adoptReceivedGuest(h) } } : {}),
           finish: async (states) => {
             if (mover === 'mh') this.vmm.finishIncomingMh();
             else await this.vmm.finishIncoming(states, this.autostart);
@@ -350,6 +361,7 @@ export class VmmBackend implements QmpBackend {
         ...(a.session ? { session: a.session } : {}),
         ...(a.cmdline !== undefined ? { cmdline: a.cmdline } : {}),
         incoming: a.incoming,
+        pspReceive: a.pspReceive,
       }),
     );
     this.incoming = a.incoming;

@@ -47,6 +47,8 @@ export interface VmCreateOptions {
    * every vCPU state arrives with the migration) and runs nothing until it completes.
    */
   incoming?: boolean;
+  /** With `incoming`, a confidential guest: no LAUNCH; the PSP receives it (RECEIVE_START, `psp` mover). */
+  pspReceive?: boolean;
 }
 
 export type VmmErrorKind = 'no-vm' | 'vm-exists' | 'bad-state' | 'bad-firmware' | 'psp' | 'platform' | 'bad-argument';
@@ -137,7 +139,11 @@ export class Vmm extends EventEmitter {
       const psp = this.platform.psp;
       const vmsa = buildResetVmsa({ bsp: false, resetAddr: image.resetAddr, cpuSignature: o.cpuSignature ?? cpuSignature(25, 1, 1) });
       const hashTable = o.kernelHashes ? kernelHashTable({ kernel: new Uint8Array(0), initrd: new Uint8Array(0), cmdline: o.cmdline ?? '' }) : null;
-      if (o.sevType === 'none') {
+      if (o.pspReceive) {
+        // Nothing is loaded, measured or launched: memory, VMSAs and the guest context all arrive
+        // through RECEIVE_*; the session adopts the handle RECEIVE_START creates.
+        if (!o.incoming || o.sevType === 'none') throw new VmmError('bad-argument', 'psp-receive needs an incoming confidential guest');
+      } else if (o.sevType === 'none') {
         if (!o.incoming) {
           loadPlain(machine, image.loadGpa, o.firmware);
           if (hashTable && image.hashes) loadPlain(machine, image.hashes.base, hashTable);
@@ -281,13 +287,31 @@ export class Vmm extends EventEmitter {
     await vm.machine.shutdown();
   }
 
-  /** Target, completed: install the vCPU states, then run (autostart) or stay paused. */
+  /**
+   * Target of a `psp` migration: RECEIVE_START created the guest context (and ACTIVATE bound it to
+   * this machine); from here the VMM owns it (query-sev, decommission on discard or quit).
+   */
+  adoptReceivedGuest(handle: GuestHandle): void {
+    const vm = this.need();
+    if (vm.handle !== null) throw new VmmError('bad-state', 'the VM already has a guest context');
+    this.vm = { ...vm, handle };
+    this.sevState = 'receive-update';
+  }
+
+  /**
+   * Target, completed: install the vCPU states, then run (autostart) or stay paused. An empty
+   * state means the PSP installed that vCPU's VMSA already (SEV-ES through the `psp` mover).
+   */
   async finishIncoming(vcpuStates: readonly Uint8Array[], autostart: boolean): Promise<void> {
     const vm = this.need();
     if (vcpuStates.length !== vm.machine.vcpus.length) throw new VmmError('bad-argument', `${vcpuStates.length} vCPU states for ${vm.machine.vcpus.length} vCPUs`);
     this.psp('restore vCPU state', () => {
-      for (const [i, v] of vm.machine.vcpus.entries()) v.restoreState(vcpuStates[i] as Uint8Array);
+      for (const [i, v] of vm.machine.vcpus.entries()) {
+        const st = vcpuStates[i] as Uint8Array;
+        if (st.byteLength > 0) v.restoreState(st);
+      }
     });
+    if (this.sevState === 'receive-update') this.sevState = 'running';
     if (autostart) {
       await vm.machine.run();
       this.state = 'running';

@@ -143,9 +143,11 @@ export const FrameKind = {
   Control: 4,
   /** End of stream: the sender sends nothing more on this channel. */
   Eos: 5,
+  /** SEV transport packets from the PSP's SEND_UPDATE_DATA (and shared pages in plaintext): the `psp` mover. */
+  PspPages: 6,
 } as const;
-export type FrameKindValue = 1 | 2 | 3 | 4 | 5;
-const MAX_KIND = 5;
+export type FrameKindValue = 1 | 2 | 3 | 4 | 5 | 6;
+const MAX_KIND = 6;
 
 export function isFrameKind(k: number): k is FrameKindValue {
   return Number.isInteger(k) && k >= 1 && k <= MAX_KIND;

@@ -3,6 +3,7 @@
  * owner (key store + QMP client), wired the way `sevmig demo` wires separate processes. Tests that
  * play the hypervisor get `vmm` (host face only); tests of the owner get `client` and `store`.
  */
+import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -99,6 +100,26 @@ export async function waitFor<T>(what: string, timeoutMs: number, probe: () => T
 
 export async function consoleLines(client: QmpClient): Promise<string[]> {
   return (await client.execute<{ lines: string[] }>('__com.sevmig_guest-console')).lines;
+}
+
+/**
+ * Asks the guest on `target` to check itself (fw_cfg `opt/sevmig/check`) and asserts that every
+ * workload vCPU answered ok (ab: the page chain; pattern: every page; idle: every keystream page).
+ */
+export async function checkOnTarget(target: QmpClient, workloadVcpus = 2): Promise<void> {
+  await target.execute('__com.sevmig_guest-fw-cfg', { name: 'opt/sevmig/check', string: `after-migration ${Date.now()}` });
+  const results = await waitFor(`sevmig-check from ${workloadVcpus} workload vCPUs`, 30_000, async () => {
+    const got = new Map<number, { ok: boolean }>();
+    for (const l of await consoleLines(target)) {
+      const i = l.indexOf('sevmig-check ');
+      if (i >= 0) {
+        const r = JSON.parse(l.slice(i + 13)) as { vcpu: number; ok: boolean };
+        got.set(r.vcpu, r);
+      }
+    }
+    return got.size >= workloadVcpus ? got : undefined;
+  });
+  for (const [v, r] of results) assert.equal(r.ok, true, `vCPU ${v}: ${JSON.stringify(r)}`);
 }
 
 /** Another host in this process (its own Vmm and QMP socket), sharing nothing with a rig but the test. */

@@ -12,7 +12,7 @@ import { GuestMemoryView, type MemoryBuffers } from '../../src/platform/memory.j
 import { MH_KEY_PAGE, MhState, mhState } from '../../src/guest/mh/keys.js';
 import { emulatedArkCert, emulatedAskCert } from '../../src/protocol/sev/emulated-roots.js';
 import type { MhTestHooks } from '../../src/host/migration/mh-migration.js';
-import { launch, startRig, startHost, waitFor, consoleLines, MiB, type Rig } from './harness.js';
+import { launch, startRig, startHost, waitFor, consoleLines, checkOnTarget, MiB, type Rig } from './harness.js';
 
 const CMDLINE = 'workload=ab size=16M mh=1';
 
@@ -29,22 +29,6 @@ async function migrate(rig: Rig, target: QmpClient, instance: string, sevType: '
     parameters: { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 2000, ...parameters },
     timeoutMs: 90_000,
   });
-}
-
-async function checkOnTarget(target: QmpClient): Promise<void> {
-  await target.execute('__com.sevmig_guest-fw-cfg', { name: 'opt/sevmig/check', string: `after-migration ${Date.now()}` });
-  const results = await waitFor('sevmig-check from both workload vCPUs', 30_000, async () => {
-    const got = new Map<number, { ok: boolean }>();
-    for (const l of await consoleLines(target)) {
-      const i = l.indexOf('sevmig-check ');
-      if (i >= 0) {
-        const r = JSON.parse(l.slice(i + 13)) as { vcpu: number; ok: boolean };
-        got.set(r.vcpu, r);
-      }
-    }
-    return got.size >= 2 ? got : undefined;
-  });
-  for (const [v, r] of results) assert.equal(r.ok, true, `vCPU ${v}: ${JSON.stringify(r)}`);
 }
 
 function keyPageZeroed(vmm: Vmm): void {

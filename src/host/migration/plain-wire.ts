@@ -9,14 +9,18 @@
  *
  * | off | size | field |
  * |---|---|---|
- * | 0 | 1 | type: 1 SETUP, 2 SETUP_OK, 3 COMPLETE, 4 COMMITTED, 5 CANCEL, 6 ERROR |
+ * | 0 | 1 | type: 1 SETUP, 2 SETUP_OK, 3 COMPLETE, 4 COMMITTED, 5 CANCEL, 6 ERROR, 7 PSP_TARGET, 8 PSP_START, 9 PSP_READY |
  * | 1 | 3 | reserved, 0 |
- * | 4 | … | body (by type; SETUP_OK, COMMITTED, CANCEL have none) |
+ * | 4 | … | body (by type; SETUP_OK, COMMITTED, CANCEL, PSP_READY have none) |
  *
  * SETUP body (source → target, 20 bytes): u32 version (WIRE_VERSION, 2) · u64 memory bytes · u32 vCPUs ·
- * u8 mover (1 plain, 2 mh) · u8 page channels (1..255) · u16 reserved 0.
+ * u8 mover (1 plain, 2 mh, 3 psp) · u8 page channels (1..255) · u16 reserved 0.
  * COMPLETE body (4 bytes): u32 number of DEVICE_STATE frames sent before it.
  * ERROR body: u16 length (≤ 512) · UTF-8 reason.
+ * PSP_TARGET body (target → source, the `psp` mover): the target platform's PDH certificate, its
+ * PEK ‖ OCA ‖ CEK chain, ASK and ARK (what SEND_START needs), each as u32 length (≤ 16384) · bytes.
+ * PSP_START body (source → target): u32 guest policy · sender PDH certificate · session (SEND_START's
+ * output, RECEIVE_START's input), each blob as u32 length (≤ 16384) · bytes.
  *
  * SHARED_PAGES frame (page channels): a batch of whole plaintext pages.
  *
@@ -31,10 +35,10 @@
  *
  * | off | size | field |
  * |---|---|---|
- * | 0 | 1 | type: 1 vCPU state (the VMSA page) |
+ * | 0 | 1 | type: 1 vCPU state (the VMSA page, 4096 bytes), 2 SEV-ES vCPU state as a PSP packet (52 + 4096) |
  * | 1 | 1 | reserved, 0 |
  * | 2 | 2 | vCPU index |
- * | 4 | 4 | length of the data (4096 for a vCPU) |
+ * | 4 | 4 | length of the data (by type) |
  * | 8 | length | data |
  */
 import { PAGE_SIZE } from '../../platform/host-face.js';
@@ -54,7 +58,9 @@ export const MAX_BATCH_PAGES = 1024;
 const ZERO_FLAG = 0x8000_0000;
 const MAX_REASON = 512;
 
-export const MOVER_CODES = { plain: 1, mh: 2 } as const;
+export const MOVER_CODES = { plain: 1, mh: 2, psp: 3 } as const;
+const MOVER_NAMES: Record<number, MoverName> = { 1: 'plain', 2: 'mh', 3: 'psp' };
+const MAX_BLOB = 16384;
 export type MoverName = keyof typeof MOVER_CODES;
 
 export type ControlMessage =
@@ -63,11 +69,48 @@ export type ControlMessage =
   | { type: 'complete'; deviceFrames: number }
   | { type: 'committed' }
   | { type: 'cancel' }
-  | { type: 'error'; reason: string };
+  | { type: 'error'; reason: string }
+  | { type: 'psp-target'; pdh: Uint8Array; certChain: Uint8Array; ask: Uint8Array; ark: Uint8Array }
+  | { type: 'psp-start'; policy: number; pdhCert: Uint8Array; session: Uint8Array }
+  | { type: 'psp-ready' };
 
-const TYPE_CODES = { setup: 1, 'setup-ok': 2, complete: 3, committed: 4, cancel: 5, error: 6 } as const;
+const TYPE_CODES = { setup: 1, 'setup-ok': 2, complete: 3, committed: 4, cancel: 5, error: 6, 'psp-target': 7, 'psp-start': 8, 'psp-ready': 9 } as const;
+
+function blobs(prefix: number, list: readonly Uint8Array[]): Uint8Array {
+  for (const x of list) if (x.byteLength > MAX_BLOB) throw new PlainWireError('length', `blob of ${x.byteLength} bytes, at most ${MAX_BLOB}`);
+  const b = new Uint8Array(4 + prefix + list.reduce((n, x) => n + 4 + x.byteLength, 0));
+  const v = new DataView(b.buffer);
+  let o = 4 + prefix;
+  for (const x of list) {
+    v.setUint32(o, x.byteLength, true);
+    b.set(x, o + 4);
+    o += 4 + x.byteLength;
+  }
+  return b;
+}
+
+/** Reads `n` length-prefixed blobs from `o`; the message must end exactly after them. */
+function readBlobs(b: Uint8Array, o: number, n: number, what: string): Uint8Array[] {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) {
+    if (o + 4 > b.byteLength) throw new PlainWireError('length', `${what}: truncated before blob ${i}`);
+    const len = v.getUint32(o, true);
+    if (len > MAX_BLOB || o + 4 + len > b.byteLength) throw new PlainWireError('length', `${what}: blob ${i} of ${len} bytes does not fit`);
+    out.push(b.slice(o + 4, o + 4 + len));
+    o += 4 + len;
+  }
+  if (o !== b.byteLength) throw new PlainWireError('length', `${what}: ${b.byteLength - o} bytes after the last blob`);
+  return out;
+}
 
 export function encodeControl(m: ControlMessage): Uint8Array {
+  if (m.type === 'psp-target' || m.type === 'psp-start') {
+    const b = m.type === 'psp-target' ? blobs(0, [m.pdh, m.certChain, m.ask, m.ark]) : blobs(4, [m.pdhCert, m.session]);
+    b[0] = TYPE_CODES[m.type];
+    if (m.type === 'psp-start') new DataView(b.buffer).setUint32(4, m.policy >>> 0, true);
+    return b;
+  }
   let body = 0;
   let reason: Uint8Array | null = null;
   if (m.type === 'setup') body = 20;
@@ -107,8 +150,8 @@ export function decodeControl(b: Uint8Array): ControlMessage {
       want(24, 'SETUP');
       const mem = v.getBigUint64(8, true);
       if (mem > BigInt(Number.MAX_SAFE_INTEGER)) throw new PlainWireError('value', `SETUP memory ${mem} is too large`);
-      const mover = b[20] === 1 ? 'plain' : b[20] === 2 ? 'mh' : null;
-      if (mover === null) throw new PlainWireError('value', `SETUP mover code ${b[20]} unknown`);
+      const mover = MOVER_NAMES[b[20] as number];
+      if (mover === undefined) throw new PlainWireError('value', `SETUP mover code ${b[20]} unknown`);
       const pageChannels = b[21] as number;
       if (pageChannels < 1) throw new PlainWireError('value', 'SETUP page channel count 0');
       if (v.getUint16(22, true) !== 0) throw new PlainWireError('value', 'SETUP reserved bytes are not zero');
@@ -124,6 +167,16 @@ export function decodeControl(b: Uint8Array): ControlMessage {
       if (n > MAX_REASON || b.byteLength !== 6 + n) throw new PlainWireError('length', `ERROR reason length ${n} does not match the ${b.byteLength}-byte message`);
       return { type: 'error', reason: new TextDecoder('utf-8', { fatal: false }).decode(b.subarray(6)) };
     }
+    case 7: {
+      const [pdh, certChain, ask, ark] = readBlobs(b, 4, 4, 'PSP_TARGET') as [Uint8Array, Uint8Array, Uint8Array, Uint8Array];
+      return { type: 'psp-target', pdh, certChain, ask, ark };
+    }
+    case 8: {
+      if (b.byteLength < 8) throw new PlainWireError('length', `PSP_START of ${b.byteLength} bytes, need at least 8`);
+      const [pdhCert, session] = readBlobs(b, 8, 2, 'PSP_START') as [Uint8Array, Uint8Array];
+      return { type: 'psp-start', policy: v.getUint32(4, true), pdhCert, session };
+    }
+    case 9: want(4, 'PSP_READY'); return { type: 'psp-ready' };
     default:
       throw new PlainWireError('type', `control message type ${b[0]} unknown`);
   }
@@ -200,26 +253,31 @@ export function decodeBatch(p: Uint8Array, pageCount: number): DecodedBatch {
 }
 
 export const DEVICE_VCPU = 1;
+/** A SEV-ES vCPU's VMSA as SEND_UPDATE_VMSA wrapped it: 52-byte packet header ‖ 4096-byte transport buffer. */
+export const DEVICE_VCPU_PSP = 2;
+const PSP_PACKET_HEADER = 52;
 
-export function encodeDeviceState(vcpu: number, data: Uint8Array): { header: Uint8Array; data: Uint8Array } {
+export function encodeDeviceState(vcpu: number, data: Uint8Array, type: typeof DEVICE_VCPU | typeof DEVICE_VCPU_PSP = DEVICE_VCPU): { header: Uint8Array; data: Uint8Array } {
   const h = new Uint8Array(8);
   const v = new DataView(h.buffer);
-  h[0] = DEVICE_VCPU;
+  h[0] = type;
   v.setUint16(2, vcpu, true);
   v.setUint32(4, data.byteLength, true);
   return { header: h, data };
 }
 
-export function decodeDeviceState(p: Uint8Array, vcpus: number): { vcpu: number; data: Uint8Array } {
+export function decodeDeviceState(p: Uint8Array, vcpus: number): { type: typeof DEVICE_VCPU | typeof DEVICE_VCPU_PSP; vcpu: number; data: Uint8Array } {
   if (p.byteLength < 8) throw new PlainWireError('length', `device state of ${p.byteLength} bytes, need at least 8`);
   const v = new DataView(p.buffer, p.byteOffset, p.byteLength);
-  if (p[0] !== DEVICE_VCPU) throw new PlainWireError('type', `device state type ${p[0]} unknown`);
+  const type = p[0];
+  if (type !== DEVICE_VCPU && type !== DEVICE_VCPU_PSP) throw new PlainWireError('type', `device state type ${type} unknown`);
   if (p[1] !== 0) throw new PlainWireError('value', 'device state reserved byte is not zero');
   const vcpu = v.getUint16(2, true);
   if (vcpu >= vcpus) throw new PlainWireError('value', `device state for vCPU ${vcpu}, the guest has ${vcpus}`);
   const len = v.getUint32(4, true);
-  if (len !== PAGE_SIZE || p.byteLength !== 8 + len) throw new PlainWireError('length', `vCPU state of ${len} bytes in a ${p.byteLength}-byte frame, expected ${PAGE_SIZE}`);
-  return { vcpu, data: p.subarray(8) };
+  const want = type === DEVICE_VCPU ? PAGE_SIZE : PSP_PACKET_HEADER + PAGE_SIZE;
+  if (len !== want || p.byteLength !== 8 + len) throw new PlainWireError('length', `vCPU state of ${len} bytes in a ${p.byteLength}-byte frame, expected ${want}`);
+  return { type, vcpu, data: p.subarray(8) };
 }
 
 export function isZeroPage(p: Uint8Array): boolean {

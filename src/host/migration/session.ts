@@ -1,7 +1,15 @@
 /**
  * One migration, source and target side, over the transport (transport.ts) and the pre-copy
- * driver (precopy-driver.ts), with a page mover (plain-mover.ts). The VMM's run-state changes stay
- * with the caller, behind the `stopVm` / `resumeVm` / `finish` / `discard` hooks.
+ * driver (precopy-driver.ts), with a host-side page mover: `plain` (plain-mover.ts) or `psp`
+ * (psp-mover.ts, the platform's SEND_/RECEIVE_ commands). The `mh` mover, whose pages the guest
+ * seals, has its own session (mh-migration.ts). The VMM's run-state changes stay with the caller,
+ * behind the `stopVm` / `resumeVm` / `finish` / `discard` hooks.
+ *
+ * The `psp` mover adds to setup: the target sends PSP_TARGET (its PDH and certificate chain), the
+ * source runs SEND_START and sends PSP_START (policy, its PDH, the session), the target runs
+ * RECEIVE_START + ACTIVATE and answers PSP_READY. At the end SEV-ES VMSAs go as SEND_UPDATE_VMSA
+ * packets; the target runs RECEIVE_FINISH before the guest runs; the source runs SEND_FINISH only
+ * once COMMITTED arrived (until then a failure cancels with SEND_CANCEL and the source runs on).
  *
  * Source (`startOutgoing`):
  *   setup   connect 1 + N channels, SETUP ⇄ SETUP_OK (the target checks memory, vCPUs, mover,
@@ -22,7 +30,7 @@
  * committed, and running both copies would be worse than finishing (the driver reports completed
  * if sendFinal resolves).
  */
-import { PAGE_SIZE, type Gfn, type HostMachine } from '../../platform/host-face.js';
+import { PAGE_SIZE, type Gfn, type GuestHandle, type HostMachine, type PspHostFace } from '../../platform/host-face.js';
 import { FrameKind } from '../../protocol/stream.js';
 import type { MigrateUri } from '../qmp/actions.js';
 import type { MigrationInfo } from '../qmp/backend.js';
@@ -32,7 +40,9 @@ import { closeChannels, connectOutgoing, listenIncoming, TransportError, type Ch
 import { runPrecopy, type PrecopyEmitted, type PrecopyHandle, type PrecopyResult, type SendResult } from './precopy-driver.js';
 import type { PrecopyCapabilities, PrecopyParams } from './precopy.js';
 import { PlainSourceMover, PlainTargetMover, type SourcePageMover, type TargetPageMover } from './plain-mover.js';
-import { WIRE_VERSION, decodeControl, decodeDeviceState, encodeControl, encodeDeviceState, type ControlMessage, type MoverName } from './plain-wire.js';
+import { DEVICE_VCPU_PSP, WIRE_VERSION, decodeControl, decodeDeviceState, encodeControl, encodeDeviceState, type ControlMessage, type MoverName } from './plain-wire.js';
+import { PspSourceMover, PspTargetMover } from './psp-mover.js';
+import { PSP_HEADER_SIZE } from './psp-wire.js';
 import { startIncomingMh, startOutgoingMh, type MhOutgoingOptions } from './mh-migration.js';
 
 export type SessionErrorKind = 'refused' | 'protocol' | 'cancelled' | 'timeout' | 'mismatch';
@@ -90,6 +100,8 @@ export interface OutgoingOptions {
 
 export interface OutgoingHooks {
   machine: HostMachine;
+  /** The `psp` mover: the source platform's PSP and the guest's handle. */
+  psp?: { face: PspHostFace; handle: GuestHandle };
   /** vm_stop(finish-migrate): pause the vCPUs (STOP when they were running). */
   stopVm(): Promise<void>;
   /** After a cancel/failure that came after stopVm: run again if the VM ran before. */
@@ -124,8 +136,11 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
   });
   aborted.catch(() => undefined);
 
+  let pspStarted = false;
+  let pspFinished = false;
   const connect = async (): Promise<void> => {
-    if (opts.mover !== 'plain') throw new SessionError('refused', `page mover '${opts.mover}' is not available on this host`);
+    if (opts.mover !== 'plain' && opts.mover !== 'psp') throw new SessionError('refused', `page mover '${opts.mover}' is not available on this host`);
+    if (opts.mover === 'psp' && !hooks.psp) throw new SessionError('refused', "the 'psp' page mover needs a confidential guest with a PSP handle");
     const pending = connectOutgoing(opts.uri, { channels: opts.pageChannels, timeoutMs: connectMs });
     // A connection that completes after a cancel is closed at once.
     pending.then((c) => { if (ac.signal.aborted) closeChannels(c); }, () => undefined);
@@ -138,7 +153,20 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
     const reply = await Promise.race([inbox.next(connectMs, 'SETUP_OK'), aborted]);
     if (reply.type === 'error') throw new SessionError('refused', `the target refused the migration: ${reply.reason}`);
     if (reply.type !== 'setup-ok') throw new SessionError('protocol', `expected SETUP_OK from the target, got ${reply.type}`);
-    mover = new PlainSourceMover(machine.memory, c.pages);
+    if (opts.mover === 'psp' && hooks.psp) {
+      const { face, handle: h } = hooks.psp;
+      const t = await Promise.race([inbox.next(connectMs, 'PSP_TARGET'), aborted]);
+      if (t.type === 'error') throw new SessionError('refused', `the target refused the migration: ${t.reason}`);
+      if (t.type !== 'psp-target') throw new SessionError('protocol', `expected PSP_TARGET from the target, got ${t.type}`);
+      // SEND_START validates the target's chain as the guest's policy asks (docs/psp.md).
+      const started = face.sendStart(h, { pdh: t.pdh, certChain: t.certChain, ask: t.ask, ark: t.ark });
+      pspStarted = true;
+      await c.main.send(FrameKind.Control, encodeControl({ type: 'psp-start', policy: started.policy, pdhCert: started.pdhCert, session: started.session }));
+      const ready = await Promise.race([inbox.next(connectMs, 'PSP_READY'), aborted]);
+      if (ready.type === 'error') throw new SessionError('refused', `the target refused the PSP session: ${ready.reason}`);
+      if (ready.type !== 'psp-ready') throw new SessionError('protocol', `expected PSP_READY from the target, got ${ready.type}`);
+      mover = new PspSourceMover(machine.memory, face, h, c.pages);
+    } else mover = new PlainSourceMover(machine.memory, c.pages);
   };
   let connecting: Promise<void> | null = null;
 
@@ -161,12 +189,21 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
       duplicate += r.duplicate ?? 0;
     }
     await Promise.all(c.pages.map((p) => p.end()));
-    const states = machine.vcpus.map((v) => v.saveState());
     const before = c.main.bytesSent;
-    for (const [i, s] of states.entries()) {
-      const d = encodeDeviceState(i, s);
+    const pspEs = opts.mover === 'psp' && hooks.psp && machine.config.mode === 'sev-es' ? hooks.psp : null;
+    for (const v of machine.vcpus) {
+      let d;
+      if (pspEs) {
+        // SEV-ES: the host cannot read the VMSA; the PSP wraps it (the vCPU is parked).
+        const p = pspEs.face.sendUpdateVmsa(pspEs.handle, v.index);
+        const data = new Uint8Array(PSP_HEADER_SIZE + PAGE_SIZE);
+        data.set(p.header);
+        data.set(p.trans, PSP_HEADER_SIZE);
+        d = encodeDeviceState(v.index, data, DEVICE_VCPU_PSP);
+      } else d = encodeDeviceState(v.index, v.saveState());
       await c.main.send(FrameKind.DeviceState, d.header, [d.data]);
     }
+    const states = machine.vcpus;
     if (signal.aborted) throw new SessionError('cancelled', 'migration cancelled before the switch-over');
     completeSent = true;
     await c.main.send(FrameKind.Control, encodeControl({ type: 'complete', deviceFrames: states.length }));
@@ -174,6 +211,11 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
     const reply = await ib.next(opts.finalTimeoutMs ?? 110_000, 'COMMITTED');
     if (reply.type === 'error') throw new SessionError('refused', `the target failed the migration: ${reply.reason}`);
     if (reply.type !== 'committed') throw new SessionError('protocol', `expected COMMITTED from the target, got ${reply.type}`);
+    if (pspStarted && hooks.psp) {
+      // The target runs the guest now: SUPDATE → SENT, the source can never be sent or run again.
+      hooks.psp.face.sendFinish(hooks.psp.handle);
+      pspFinished = true;
+    }
     return { bytes, duplicate };
   };
 
@@ -203,6 +245,14 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
 
   const done = handle.done.then(async (r) => {
     ac.abort();
+    if (r.status !== 'completed' && pspStarted && !pspFinished && hooks.psp) {
+      // SUPDATE → RUNNING: the transport keys are dropped and the source guest is the guest again.
+      try {
+        hooks.psp.face.sendCancel(hooks.psp.handle);
+      } catch (e) {
+        hooks.log?.(`SEND_CANCEL: ${describe(e)}`);
+      }
+    }
     const c = chans as Channels | null;
     if (c) {
       if (r.status === 'completed') {
@@ -223,7 +273,8 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
   return {
     info: () => {
       const i = final ?? handle.info();
-      if (i.ram) return { ...i, ram: { ...i.ram, 'multifd-bytes': multifdBytes() }, 'x-sevmig-mover': opts.mover };
+      const psp = mover instanceof PspSourceMover ? { 'x-sevmig-payload-bytes': (mover.privatePages + mover.sharedPages) * PAGE_SIZE, 'x-sevmig-psp-commands': mover.privatePages } : {};
+      if (i.ram) return { ...i, ram: { ...i.ram, 'multifd-bytes': multifdBytes() }, 'x-sevmig-mover': opts.mover, ...psp };
       return i.status ? { ...i, 'x-sevmig-mover': opts.mover } : i;
     },
     status: () => (final?.status ?? handle.status()) as MigrationStatusName,
@@ -260,6 +311,11 @@ export interface IncomingOptions {
 
 export interface IncomingHooks {
   machine: HostMachine;
+  /**
+   * The `psp` mover: the target platform's PSP, and `adopt(handle)` to tell the VMM the guest
+   * context RECEIVE_START created (it decommissions it on discard).
+   */
+  psp?: { face: PspHostFace; adopt(handle: GuestHandle): void };
   /** Restores the vCPU states and runs the guest (or leaves it paused without autostart). */
   finish(vcpuStates: readonly Uint8Array[]): Promise<void>;
   /** The incoming migration failed: throw the VM away and get back to a clean `inmigrate` VM. */
@@ -320,16 +376,39 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
       : setup.memoryBytes !== cfg.memoryBytes ? `source memory ${setup.memoryBytes} bytes, target ${cfg.memoryBytes}`
       : setup.vcpus !== cfg.vcpus ? `source has ${setup.vcpus} vCPUs, target ${cfg.vcpus}`
       : setup.pageChannels !== c.pages.length ? `source uses ${setup.pageChannels} page channels, target ${c.pages.length}`
-      : setup.mover !== 'plain' ? `page mover '${setup.mover}' is not available on this target`
-      : cfg.mode !== 'none' ? `the plain page mover cannot migrate into a '${cfg.mode}' guest`
+      : setup.mover !== (opts.mover ?? 'plain') ? `this target expects the '${opts.mover ?? 'plain'}' page mover, the source uses '${setup.mover}'`
+      : setup.mover === 'plain' && cfg.mode !== 'none' ? `the plain page mover cannot migrate into a '${cfg.mode}' guest`
+      : setup.mover === 'psp' && (cfg.mode === 'none' || !hooks.psp) ? 'the psp page mover needs a confidential target created to receive through the PSP (vm-create psp-receive)'
+      : setup.mover !== 'plain' && setup.mover !== 'psp' ? `page mover '${setup.mover}' is not available on this target`
       : null;
     if (mismatch !== null) {
       await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: mismatch })).catch(() => undefined);
       throw new SessionError('mismatch', mismatch);
     }
-    const m = new PlainTargetMover(machine.memory);
-    mover = m;
     await c.main.send(FrameKind.Control, encodeControl({ type: 'setup-ok' }));
+    let pspHandle: GuestHandle | null = null;
+    let m: TargetPageMover;
+    if (setup.mover === 'psp' && hooks.psp) {
+      const { face } = hooks.psp;
+      await c.main.send(FrameKind.Control, encodeControl({ type: 'psp-target', ...face.pdhCertExport(), ...face.amdCertChain() }));
+      const f = await c.main.next(setupTimeout);
+      if (f === null || f.kind !== FrameKind.Control) throw new SessionError('protocol', 'expected PSP_START from the source');
+      const st = decodeControl(f.payload);
+      if (st.type === 'cancel') throw new SessionError('cancelled', 'the source cancelled the migration');
+      if (st.type !== 'psp-start') throw new SessionError('protocol', `expected PSP_START, got ${st.type}`);
+      try {
+        const h = face.receiveStart({ policy: st.policy, pdhCert: st.pdhCert, session: st.session });
+        hooks.psp.adopt(h);
+        face.activate(h, machine.asid);
+        pspHandle = h;
+      } catch (e) {
+        await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: describe(e) })).catch(() => undefined);
+        throw e;
+      }
+      await c.main.send(FrameKind.Control, encodeControl({ type: 'psp-ready' }));
+      m = new PspTargetMover(machine.memory, face, pspHandle);
+    } else m = new PlainTargetMover(machine.memory);
+    mover = m;
 
     const pageLoop = async (ch: Channel): Promise<void> => {
       for (;;) {
@@ -347,7 +426,12 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
         if (f === null) throw new SessionError('protocol', 'the source ended the main channel before COMPLETE');
         if (f.kind === FrameKind.DeviceState) {
           const d = decodeDeviceState(f.payload, cfg.vcpus);
-          states[d.vcpu] = d.data.slice();
+          if (d.type === DEVICE_VCPU_PSP) {
+            if (!hooks.psp || pspHandle === null || cfg.mode !== 'sev-es') throw new SessionError('protocol', 'a PSP-wrapped VMSA outside an SEV-ES psp migration');
+            hooks.psp.face.receiveUpdateVmsa(pspHandle, d.vcpu, { header: d.data.subarray(0, PSP_HEADER_SIZE), trans: d.data.subarray(PSP_HEADER_SIZE) });
+            // Installed by the PSP; the VMM has nothing to restore for this vCPU.
+            states[d.vcpu] = new Uint8Array(0);
+          } else states[d.vcpu] = d.data.slice();
           frames++;
           continue;
         }
@@ -367,8 +451,10 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
       closeChannels(c); // the other loops end with 'closed'
       throw e;
     }
-    const missing = states.findIndex((s) => s === undefined || s.byteLength !== PAGE_SIZE);
+    const missing = states.findIndex((s) => s === undefined || (s.byteLength !== PAGE_SIZE && !(pspHandle !== null && s.byteLength === 0)));
     if (missing >= 0) throw new SessionError('protocol', `no state for vCPU ${missing}`);
+    // RUPDATE → RUNNING before any vCPU runs (the PSP checks nothing: completeness is not its job).
+    if (pspHandle !== null && hooks.psp) hooks.psp.face.receiveFinish(pspHandle);
     await hooks.finish(states as Uint8Array[]);
     await c.main.send(FrameKind.Control, encodeControl({ type: 'committed' })).catch((e: unknown) => log(`COMMITTED not delivered: ${describe(e)}`));
     await c.main.end().catch(() => undefined);

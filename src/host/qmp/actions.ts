@@ -70,6 +70,11 @@ export interface VmCreateArgs {
   incoming: boolean;
   /** Fault all of RAM in before the command returns (QEMU's memory-backend `prealloc=on`). */
   prealloc: boolean;
+  /**
+   * With `incoming` and a confidential guest: no LAUNCH at all; the guest arrives through the PSP
+   * (RECEIVE_START … RECEIVE_FINISH, the `psp` page mover), as QEMU's SEV target does.
+   */
+  pspReceive: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,6 +320,7 @@ function parseVmCreate(r: ArgReader): VmCreateArgs {
   const kernelHashes = r.optBool('kernel-hashes') ?? false;
   const incoming = r.optBool('incoming') ?? false;
   const prealloc = r.optBool('prealloc') ?? false;
+  const pspReceive = r.optBool('psp-receive') ?? false;
 
   if (sevType === 'none') {
     for (const [k, v] of [['policy', pol], ['dh-cert', dhCert], ['session', session]] as const) {
@@ -326,8 +332,10 @@ function parseVmCreate(r: ArgReader): VmCreateArgs {
   if (sevType === 'sev-es' && (policy & SEV_POLICY_ES) === 0) throw r.invalid('policy', `the ES bit (0x${SEV_POLICY_ES.toString(16)}) for sev-type 'sev-es'`);
   if (sevType === 'sev' && (policy & SEV_POLICY_ES) !== 0) throw r.invalid('policy', `no ES bit (0x${SEV_POLICY_ES.toString(16)}) for sev-type 'sev'`);
   if ((dhCert === undefined) !== (session === undefined)) throw argError("Parameters 'dh-cert' and 'session' go together");
+  if (pspReceive && (!incoming || sevType === 'none')) throw argError("Parameter 'psp-receive' needs 'incoming' and sev-type 'sev' or 'sev-es'");
+  if (pspReceive && dhCert) throw argError("Parameter 'psp-receive' takes no launch session ('dh-cert', 'session'): the PSP receives the guest");
 
-  const a: VmCreateArgs = { memoryBytes, vcpus, sevType, policy, kernelHashes, incoming, prealloc };
+  const a: VmCreateArgs = { memoryBytes, vcpus, sevType, policy, kernelHashes, incoming, prealloc, pspReceive };
   if (dhCert) a.dhCert = dhCert;
   if (session) a.session = session;
   if (firmware !== undefined) a.firmware = firmware;
