@@ -434,7 +434,7 @@ var k=item.getAttribute('data-series');
 item.addEventListener('mouseenter',function(){fig.classList.add('focus');fig.querySelectorAll('svg .series[data-series="'+k+'"]').forEach(function(g){g.classList.add('on');});});
 item.addEventListener('mouseleave',function(){fig.classList.remove('focus');fig.querySelectorAll('svg .series.on').forEach(function(g){g.classList.remove('on');});});
 });});
-root.dataset.charts=String(document.querySelectorAll('figure.chart svg').length);
+root.dataset.charts=String(document.querySelectorAll('figure.chart > svg').length);
 root.dataset.rendered='ok';
 }catch(e){root.dataset.error=String(e&&e.message||e);}})();`;
 

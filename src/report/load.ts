@@ -63,6 +63,7 @@ type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Obj = { [k: string]: Json };
 
 function describe(v: unknown): string {
+  if (v === undefined) return 'nothing (the field is missing)';
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v)}`;
@@ -258,7 +259,7 @@ function rows(v: unknown, path: string): RunRow[] {
 function runDocument(o: Obj): RunDocument {
   const version = at(o, 'version');
   if (version !== RUN_SCHEMA_VERSION) {
-    throw new ReportError('version', 'version', `version: this sevmig reads sevmig-run version ${RUN_SCHEMA_VERSION}, the file is version ${describe(version)}`);
+    throw new ReportError('version', 'version', `version: this sevmig reads sevmig-run version ${RUN_SCHEMA_VERSION}, the file's version is ${version === undefined ? 'missing' : JSON.stringify(version).slice(0, 40)}`);
   }
   const targetsV = at(o, 'targets');
   return {
