@@ -58,7 +58,8 @@ export function linearTicks(lo: number, hi: number, target: number): { ticks: nu
   for (let i = 0; i <= 1000; i++) {
     const t = a + i * step;
     if (t > b + step / 2) break;
-    ticks.push(Math.round(t / step) * step);
+    // toPrecision: 3 × 0.1 is 0.30000000000000004 in binary floating point.
+    ticks.push(Number((Math.round(t / step) * step).toPrecision(12)));
   }
   return { ticks, lo: a, hi: b, step };
 }
@@ -221,7 +222,9 @@ export function lineChart(o: LineChartOptions): string {
   });
 
   const items = o.series.map((s, i) => ({ label: s.points.length ? s.label : `${s.label} (no data)`, color: seriesColor(i), dash: seriesDash(i), kind: 'line' as const }));
-  return figure(o.id, o.title, W, H, parts.join(''), legend(items), o.note);
+  const zeros = log && ys.some((y) => y <= 0) ? 'On the log scale a 0 is drawn on the bottom axis.' : '';
+  const note = [o.note, zeros].filter(Boolean).join(' ');
+  return figure(o.id, o.title, W, H, parts.join(''), legend(items), note || undefined);
 }
 
 export interface BarRow {
