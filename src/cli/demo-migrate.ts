@@ -8,6 +8,8 @@ import type { QmpClient } from '../owner/qmp-client.js';
 import type { OwnerStore } from '../owner/keystore.js';
 import { migrateGuest, type MigrationProgress, type OwnerMigrateResult } from '../owner/migrate.js';
 import type { GuestLaunchOptions } from '../owner/launch.js';
+import type { MigrationRecord } from '../report/schema.js';
+import type { MigrationRecorder } from '../report/record.js';
 import { CliError } from './errors.js';
 
 export interface MigrationSummary {
@@ -23,6 +25,10 @@ export interface MigrationSummary {
 }
 
 const MiB = 2 ** 20;
+
+/** The demo's migration settings (also saved with `--report`). */
+export const DEMO_MIGRATION_PARAMETERS = { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 300 } as const;
+export const DEMO_MIGRATION_CAPABILITIES = [{ capability: 'auto-converge', state: true }] as const;
 
 function progressPrinter(interactive: boolean, say: (l: string) => void): { update(p: MigrationProgress): void; stop(): void } {
   if (interactive) {
@@ -67,6 +73,8 @@ export async function migrateAndCheck(o: {
   workloadVcpus: number;
   interactive: boolean;
   say: (l: string) => void;
+  /** Records the migration (`sevmig demo --report`); `onRecord` gets it when the migration ended, however it ended. */
+  record?: { recorder: MigrationRecorder; onRecord: (r: MigrationRecord) => void };
 }): Promise<MigrationSummary> {
   const progress = progressPrinter(o.interactive, o.say);
   let r: OwnerMigrateResult;
@@ -74,13 +82,20 @@ export async function migrateAndCheck(o: {
     r = await migrateGuest(o.source, o.target, o.store, {
       sourceInstance: o.sourceInstance,
       target: o.launch,
-      parameters: { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 300 },
-      capabilities: [{ capability: 'auto-converge', state: true }],
-      onProgress: (p) => progress.update(p),
+      parameters: { ...DEMO_MIGRATION_PARAMETERS },
+      capabilities: DEMO_MIGRATION_CAPABILITIES.map((c) => ({ ...c })),
+      onProgress: (p) => {
+        progress.update(p);
+        o.record?.recorder.progress(p);
+      },
     });
+  } catch (e) {
+    o.record?.onRecord(o.record.recorder.finish({ status: 'error', error: e instanceof Error ? e.message : String(e) }));
+    throw e;
   } finally {
     progress.stop();
   }
+  o.record?.onRecord(o.record.recorder.finish({ info: r.info, status: r.status, ...(r.error !== undefined ? { error: r.error } : {}) }));
   if (r.status !== 'completed') throw new CliError(`migration ${r.status}${r.error ? `: ${r.error}` : ''}`);
   const info = r.info as { 'total-time'?: number; downtime?: number; ram?: { transferred?: number; 'dirty-sync-count'?: number } };
   // The guest checks itself on the target: every workload vCPU runs its checker.

@@ -10,7 +10,7 @@
  */
 import type { Command } from 'commander';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseSize } from '../platform/address.js';
@@ -23,7 +23,10 @@ import { emulatedArkCert, emulatedAskCert } from '../protocol/sev/emulated-roots
 import { defaultFirmwareImage } from './firmware.js';
 import { spawnHost, type HostProcess } from './spawn-host.js';
 import { CliError } from './errors.js';
-import { migrateAndCheck, type MigrationSummary } from './demo-migrate.js';
+import { DEMO_MIGRATION_CAPABILITIES, DEMO_MIGRATION_PARAMETERS, migrateAndCheck, type MigrationSummary } from './demo-migrate.js';
+import { InputError, checkOutputPath } from '../owner/inputs.js';
+import { MigrationRecorder } from '../report/record.js';
+import { RUN_SCHEMA_VERSION, type MigrationRecord, type RunDocument } from '../report/schema.js';
 
 interface DemoFlags {
   sevEs: boolean;
@@ -36,6 +39,7 @@ interface DemoFlags {
   runMs: string;
   json: boolean;
   store?: string;
+  report?: string;
 }
 
 export interface DemoResult {
@@ -79,6 +83,16 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
   if (flags.migrate && mhVcpus < 1) throw new CliError('migration needs at least one MH vCPU (--mh-vcpus 1), or --no-migrate');
   const workloadSize = parseSize(flags.workloadSize);
   const sevType = flags.sevEs ? 'sev-es' : 'sev';
+  if (flags.report !== undefined) {
+    if (!flags.migrate) throw new CliError('--report saves the migration as a run: it cannot be used with --no-migrate');
+    // Checked now, not after a minute of demo.
+    try {
+      checkOutputPath('--report', flags.report);
+    } catch (e) {
+      throw e instanceof InputError ? new CliError(e.message) : e;
+    }
+  }
+  const startedAt = new Date().toISOString();
   const dir = mkdtempSync(join(tmpdir(), 'sevmig-demo-'));
   let host: HostProcess | null = null;
   let hostB: HostProcess | null = null;
@@ -164,6 +178,26 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
       say(`  host pid ${hostB.pid}, QMP ${hostB.qmp}`);
       clientB = await QmpClient.connect(hostB.qmp, { timeoutMs: 10_000, commandTimeoutMs: 60_000 });
       say(`live-migrating the running guest from host A to host B (the owner launches and attests B, then authorizes)…`);
+      const reportPath = flags.report;
+      const scenario = `demo ${sevType} ${flags.workload} ${flags.memory}`;
+      const record = reportPath
+        ? {
+            recorder: new MigrationRecorder(
+              {
+                label: `${scenario} · mh ×${mhVcpus}`,
+                mover: 'mh',
+                scenario,
+                params: { mhVcpus, channels: 1, vcpus, workload: flags.workload, workloadSize: flags.workloadSize, sevType },
+                guestMemoryBytes: memoryBytes,
+              },
+              { source: host.pid, target: hostB.pid },
+            ),
+            onRecord: (m: MigrationRecord) => {
+              writeFileSync(reportPath, `${JSON.stringify(demoRun(startedAt, flags, m), null, 2)}\n`);
+              say(`  run saved to ${reportPath} (render it with: sevmig report ${reportPath})`);
+            },
+          }
+        : undefined;
       migration = await migrateAndCheck({
         source: c,
         target: clientB,
@@ -173,6 +207,7 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
         workloadVcpus: vcpus,
         interactive: !!process.stdout.isTTY && !flags.json,
         say,
+        ...(record ? { record } : {}),
       });
       const bad = migration.checks.filter((x) => !x.ok);
       if (bad.length > 0) throw new CliError(`the guest's own check failed on host B for vCPU(s) ${bad.map((x) => x.vcpu).join(', ')}`);
@@ -205,6 +240,30 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
   }
 }
 
+/** The demo's one migration as a run document (`sevmig report` renders it). */
+function demoRun(startedAt: string, flags: DemoFlags, m: MigrationRecord): RunDocument {
+  return {
+    schema: 'sevmig-run',
+    version: RUN_SCHEMA_VERSION,
+    startedAt,
+    machine: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', memoryBytes: totalmem() },
+    settings: {
+      command: 'sevmig demo',
+      sevEs: flags.sevEs,
+      memory: flags.memory,
+      vcpus: flags.vcpus,
+      mhVcpus: flags.mhVcpus,
+      workload: flags.workload,
+      workloadSize: flags.workloadSize,
+      runMs: flags.runMs,
+      parameters: DEMO_MIGRATION_PARAMETERS,
+      capabilities: DEMO_MIGRATION_CAPABILITIES,
+    },
+    rows: [],
+    migrations: [m],
+  };
+}
+
 export function registerDemo(program: Command): void {
   program
     .command('demo')
@@ -219,6 +278,7 @@ export function registerDemo(program: Command): void {
     .option('--run-ms <ms>', 'how long to let the workload run', '1500')
     .option('--store <path>', 'owner key store (default: a temporary one)')
     .option('--json', 'print the result as JSON', false)
+    .option('--report <file.json>', 'save the migration as a run document (render it with: sevmig report FILE)')
     .action(async (flags: DemoFlags) => {
       const t0 = performance.now();
       const say = flags.json ? () => undefined : (l: string) => process.stdout.write(`${l}\n`);

@@ -8,6 +8,7 @@ import { registerOwner } from './owner.js';
 import { registerFirmware } from './firmware.js';
 import { registerHost } from './host.js';
 import { registerDemo } from './demo.js';
+import { registerReport } from './report.js';
 import { CliError } from './errors.js';
 
 export { CliError } from './errors.js';
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerFirmware(program);
   registerHost(program);
   registerDemo(program);
+  registerReport(program);
   return program;
 }
 
