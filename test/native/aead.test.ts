@@ -10,6 +10,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { AeadError, nodeAead, type AeadBackend } from '../../src/protocol/aead.js';
 import { allAeadBackends, defaultNativePath, loadNativeAead } from '../../src/native/aead.js';
@@ -330,4 +332,25 @@ test('worker threads: the native addon loads and seals in several workers at onc
     assert.equal(r.active, 'native', r.error ?? '');
     assert.deepEqual(new Uint8Array(r.record as Uint8Array), want);
   }
+});
+
+test('`sevmig version --json` reports the active backend and why; a bad SEVMIG_AEAD is a clear error', () => {
+  const bin = fileURLToPath(new URL('../../../bin/sevmig.js', import.meta.url));
+  const run = (value: string | undefined) => {
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== 'SEVMIG_AEAD') env[k] = v;
+    if (value !== undefined) env.SEVMIG_AEAD = value;
+    return spawnSync(process.execPath, [bin, 'version', '--json'], { env, encoding: 'utf8', timeout: 30_000 });
+  };
+  const auto = run(undefined);
+  assert.equal(auto.status, 0, auto.stderr);
+  const a = JSON.parse(auto.stdout) as { aead: { active: string; chosenBy: string; native: { ok: boolean } } };
+  assert.equal(a.aead.active, native === null ? 'node' : 'native');
+  assert.equal(a.aead.chosenBy, 'auto');
+  assert.equal(a.aead.native.ok, native !== null);
+  const forced = JSON.parse(run('node').stdout) as { aead: { active: string; chosenBy: string } };
+  assert.deepEqual([forced.aead.active, forced.aead.chosenBy], ['node', 'env']);
+  const bad = run('fastest');
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /SEVMIG_AEAD=fastest/);
 });
