@@ -289,6 +289,7 @@ napi_value Seal(napi_env env, napi_callback_info info) {
     return nullptr;
   if (nonce.len != kNonceSize) return Throw(env, "ERR_SEVMIG_AEAD_ARG", "nonce must be 12 bytes"), nullptr;
   if (tag.len != kTagSize) return Throw(env, "ERR_SEVMIG_AEAD_ARG", "tag must be 16 bytes"), nullptr;
+  if (aad.len > kMaxUpdate) return Throw(env, "ERR_SEVMIG_AEAD_ARG", "aad too long"), nullptr;
   if (!CheckMapping(env, parts, out, "seal")) return nullptr;
   EvpCipherCtx* c = s->Ctx(true);
   // Re-init with the IV only: the key schedule from Ctx() is kept.
@@ -318,6 +319,7 @@ napi_value Open(napi_env env, napi_callback_info info) {
     return nullptr;
   if (nonce.len != kNonceSize) return Throw(env, "ERR_SEVMIG_AEAD_ARG", "nonce must be 12 bytes"), nullptr;
   if (tag.len != kTagSize) return Throw(env, "ERR_SEVMIG_AEAD_ARG", "tag must be 16 bytes"), nullptr;
+  if (aad.len > kMaxUpdate) return Throw(env, "ERR_SEVMIG_AEAD_ARG", "aad too long"), nullptr;
   if (!CheckMapping(env, dsts, ct, "open")) return nullptr;
   EvpCipherCtx* c = s->Ctx(false);
   bool ok = c != nullptr && g_crypto.cipher_init_ex(c, nullptr, nullptr, nullptr, nonce.data, 0) == 1;
