@@ -1,6 +1,8 @@
 // Lint config: typescript-eslint's recommended rules plus the trust-boundary import rules
 // (DESIGN.md §3): host/ never imports guest/ or the platform's guest face, guest/ never imports
-// host/, protocol/ never imports node I/O modules, owner/ never imports host/.
+// host/, protocol/ never imports node I/O modules, owner/ never imports host/. native/ (the optional
+// AES-GCM addon's loader: file I/O) may be used by guest/ and host/, never by protocol/, and itself
+// depends on protocol/ only.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 import globals from 'globals';
@@ -46,8 +48,17 @@ export default tseslint.config(
   {
     files: ['src/protocol/**/*.ts'],
     rules: restrict(
-      [{ group: ['**/host/**', '**/guest/**', '**/platform/**', '**/owner/**', '**/cli/**'], message: 'protocol/ is pure.' }],
+      [
+        { group: ['**/host/**', '**/guest/**', '**/platform/**', '**/owner/**', '**/cli/**'], message: 'protocol/ is pure.' },
+        { group: ['**/native/**'], message: 'protocol/ loads no native code: callers pass an AeadBackend.' },
+      ],
       io.map((name) => ({ name, message: 'protocol/ does no I/O.' })),
     ),
+  },
+  {
+    files: ['src/native/**/*.ts'],
+    rules: restrict([
+      { group: ['**/host/**', '**/guest/**', '**/platform/**', '**/owner/**', '**/cli/**'], message: 'native/ depends on protocol/ only.' },
+    ]),
   },
 );

@@ -18,6 +18,7 @@ import { benchBoot, benchDirtyRates } from './guest-scenarios.js';
 import { benchDirtySync } from './dirty-sync.js';
 import { benchRecords } from './records.js';
 import { benchMigration } from './migration.js';
+import { aeadStatusLine } from '../src/native/aead.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -32,8 +33,16 @@ async function main(): Promise<void> {
   const runMs = Number(values['run-ms']);
   const only = values.only ? new Set(values.only.split(',')) : null;
   const want = (n: string) => only === null || only.has(n);
-  const run = newRun({ memoryBytes, runMs });
+  // Which AES-GCM backend seals records in this run (the host processes decide the same way).
+  let aead: string;
+  try {
+    aead = aeadStatusLine();
+  } catch (e) {
+    aead = `error: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  const run = newRun({ memoryBytes, runMs, aead });
   const progress = (s: string) => process.stderr.write(`bench: ${s}\n`);
+  progress(aead);
   const add = (rows: Row[]) => run.rows.push(...rows);
 
   if (want('boot')) add(await benchBoot({ memoryBytes, progress }));

@@ -34,6 +34,7 @@
  * passing it to `step`; use the returned one. Errors from a live state lead to Failed (the tables
  * are dropped), errors in a terminal state leave it unchanged (a stray record cannot undo a commit).
  */
+import type { Aead, AeadBackend } from './aead.js';
 import { equalBytes } from './bytes.js';
 import {
   BACKWARD_STREAM,
@@ -396,8 +397,10 @@ function settle(t: Tracking, actions: ImportAction[], refuse: Refuse): StepResul
 
 /** What `importRecord` needs from its caller. */
 export interface ImportIo {
-  /** The opening key of a forward stream (undefined: no such stream). */
-  key: (stream: number) => Uint8Array | undefined;
+  /** The opening key of a forward stream, raw or keyed (undefined: no such stream). */
+  key: (stream: number) => Uint8Array | Aead | undefined;
+  /** The AES-256-GCM implementation for raw keys (default node:crypto; callers outside protocol/ pass the native one). */
+  backend?: AeadBackend;
   /** The guest page of a frame: plaintext is written here directly. */
   page: (gfn: number) => Uint8Array;
   /** Where an older copy's plaintext goes (it is decrypted to check the tag, then dropped). */
@@ -429,7 +432,7 @@ export function importRecord(state: ImporterState, bytes: Uint8Array, io: Import
     if (act === undefined) return r;
     const scratch = io.scratch ?? new Uint8Array(PAGE_SIZE);
     try {
-      openRecord({ key, bytes, header, into: (i) => (act.dest[i] === null || act.dest[i] === undefined ? scratch : io.page(act.dest[i] as number)) });
+      openRecord({ key, backend: io.backend, bytes, header, into: (i) => (act.dest[i] === null || act.dest[i] === undefined ? scratch : io.page(act.dest[i] as number)) });
     } catch (e) {
       if (e instanceof RecordError) return step(r.state, { kind: 'fail', cause: e });
       throw e;
@@ -438,7 +441,7 @@ export function importRecord(state: ImporterState, bytes: Uint8Array, io: Import
   }
   let opened;
   try {
-    opened = openRecord({ key, bytes, header });
+    opened = openRecord({ key, backend: io.backend, bytes, header });
     switch (header.type) {
       case RecordType.VCPU_STATE:
         return step(state, { kind: 'record', header, vcpu: decodeVcpuState(opened.body) });

@@ -49,8 +49,13 @@
  *
  * Wire overhead: 48 + 16 bytes per record plus 8 bytes per page; with 512 pages per record that is
  * 8.125 bytes per 4096-byte page, 0.198 %.
+ *
+ * The cipher is an `AeadBackend` (aead.ts): node:crypto by default here (protocol/ loads no native
+ * code); guest/ and host/ pass the faster native backend when it is built (src/native/). Both
+ * produce the same bytes. A caller that seals or opens many records under one key passes a keyed
+ * `Aead` as `key` so the key schedule is computed once.
  */
-import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { AeadError, coalesce, nodeAead, type Aead, type AeadBackend } from './aead.js';
 
 /** Guest page size (a copy of platform/address.ts's: protocol/ imports nothing from platform/). */
 export const PAGE_SIZE = 4096;
@@ -237,7 +242,10 @@ function writeHeader(out: Uint8Array, h: RecordHeader, bodyLength: number): numb
 }
 
 export interface SealArgs {
-  key: Uint8Array;
+  /** The 32-byte stream key (used once through `backend`), or a keyed Aead (its schedule reused). */
+  key: Uint8Array | Aead;
+  /** For a raw `key`: which implementation (default node:crypto). */
+  backend?: AeadBackend;
   header: RecordHeader;
   /** The plaintext body, or its parts in order (e.g. one view per guest page: no concatenation). */
   body: Uint8Array | readonly Uint8Array[];
@@ -250,7 +258,6 @@ export interface SealArgs {
  * in the same buffer (consecutive guest pages of one memory slot) go to the cipher as one run.
  */
 export function sealRecord(a: SealArgs): Uint8Array {
-  if (!(a.key instanceof Uint8Array) || a.key.byteLength !== KEY_SIZE) throw new RecordError('argument', `key must be ${KEY_SIZE} bytes`);
   const parts = a.body instanceof Uint8Array ? [a.body] : a.body;
   let bodyLength = 0;
   for (const p of parts) bodyLength += p.byteLength;
@@ -262,34 +269,35 @@ export function sealRecord(a: SealArgs): Uint8Array {
     if (a.out.byteLength < total) throw new RecordError('argument', `output buffer of ${a.out.byteLength} bytes, record needs ${total}`);
     out = a.out.subarray(0, total);
   } else out = new Uint8Array(total);
-  writeHeader(out, a.header, bodyLength);
-  const cipher = createCipheriv('aes-256-gcm', a.key, recordNonce(a.header.stream, a.header.sequence));
-  cipher.setAAD(out.subarray(0, headerLength));
-  let o = headerLength;
-  for (const run of coalesce(parts)) {
-    const c = cipher.update(run);
-    out.set(c, o);
-    o += c.byteLength;
-  }
-  const f = cipher.final();
-  out.set(f, o);
-  o += f.byteLength;
-  out.set(cipher.getAuthTag(), o);
+  withAead(a.key, a.backend, (aead) => {
+    writeHeader(out, a.header, bodyLength);
+    const tagAt = headerLength + bodyLength;
+    aead.seal(recordNonce(a.header.stream, a.header.sequence), out.subarray(0, headerLength), coalesce(parts), out.subarray(headerLength, tagAt), out.subarray(tagAt, total));
+  });
   return out;
 }
 
-/** Merges parts that are contiguous views of one buffer into single runs. */
-function* coalesce(parts: readonly Uint8Array[]): Generator<Uint8Array> {
-  let cur: Uint8Array | undefined;
-  for (const p of parts) {
-    if (cur !== undefined && cur.buffer === p.buffer && cur.byteOffset + cur.byteLength === p.byteOffset) {
-      cur = new Uint8Array(cur.buffer, cur.byteOffset, cur.byteLength + p.byteLength);
-    } else {
-      if (cur !== undefined) yield cur;
-      cur = p;
-    }
+/**
+ * Runs `f` with a keyed Aead: the caller's own, or a one-shot one for a raw key (disposed after).
+ * AeadError is a caller bug or a library failure here (authentication is a boolean), so it
+ * surfaces as RecordError 'argument'.
+ */
+function withAead<T>(key: Uint8Array | Aead, backend: AeadBackend | undefined, f: (aead: Aead) => T): T {
+  let own: Aead | undefined;
+  try {
+    let aead: Aead;
+    if (key instanceof Uint8Array) {
+      if (key.byteLength !== KEY_SIZE) throw new RecordError('argument', `key must be ${KEY_SIZE} bytes`);
+      aead = own = (backend ?? nodeAead).forKey(key);
+    } else if (typeof key === 'object' && key !== null && typeof key.seal === 'function') aead = key;
+    else throw new RecordError('argument', `key must be ${KEY_SIZE} bytes or an Aead`);
+    return f(aead);
+  } catch (e) {
+    if (e instanceof AeadError) throw new RecordError('argument', `AES-GCM: ${e.message} (${e.kind})`);
+    throw e;
+  } finally {
+    own?.dispose();
   }
-  if (cur !== undefined) yield cur;
 }
 
 /**
@@ -353,17 +361,27 @@ export function peekHeader(bytes: Uint8Array): ParsedHeader {
 }
 
 export interface OpenArgs {
-  key: Uint8Array;
+  /** The 32-byte stream key (used once through `backend`), or a keyed Aead (its schedule reused). */
+  key: Uint8Array | Aead;
+  /** For a raw `key`: which implementation (default node:crypto). */
+  backend?: AeadBackend;
   bytes: Uint8Array;
   /** A header already peeked from these bytes (saves parsing twice). */
   header?: ParsedHeader;
   /**
    * PAGES only: where page i (frame gfn) goes, e.g. a view of guest memory; plaintext is written
-   * there directly and no body buffer is returned. Written BEFORE the tag is checked (AES-GCM
-   * decrypts as it goes): a failed open leaves unauthenticated bytes there, so the caller must
-   * treat any failure as fatal for the whole import (the target never runs; importer.ts).
+   * there directly and no body buffer is returned. All destinations are asked for (and their sizes
+   * checked) before a byte is decrypted. Written BEFORE the tag is checked (AES-GCM decrypts as it
+   * goes): a failed open leaves unauthenticated bytes there, so the caller must treat any failure
+   * as fatal for the whole import (the target never runs; importer.ts).
    */
   into?: (i: number, gfn: Gfn) => Uint8Array;
+  /**
+   * Without `into`: decrypt over the ciphertext inside `bytes` and return the body as a view of
+   * it (no allocation). For a caller's private copy of the record, which it may overwrite; on a
+   * failed open that copy holds unauthenticated plaintext.
+   */
+  inPlace?: boolean;
 }
 
 export interface OpenedRecord {
@@ -372,44 +390,38 @@ export interface OpenedRecord {
   body: Uint8Array;
 }
 
-/** Pages decrypted per cipher call when opening into destinations (bounds the temporary buffer). */
-const OPEN_CHUNK_PAGES = 64;
-
 /** Opens a record: checks the header, decrypts and verifies the tag. */
 export function openRecord(a: OpenArgs): OpenedRecord {
-  if (!(a.key instanceof Uint8Array) || a.key.byteLength !== KEY_SIZE) throw new RecordError('argument', `key must be ${KEY_SIZE} bytes`);
+  if (a.key instanceof Uint8Array && a.key.byteLength !== KEY_SIZE) throw new RecordError('argument', `key must be ${KEY_SIZE} bytes`);
   const h = a.header ?? peekHeader(a.bytes);
   if (a.bytes.byteLength !== h.recordLength) throw new RecordError('length', `record of ${a.bytes.byteLength} bytes, header says ${h.recordLength}`);
-  const decipher = createDecipheriv('aes-256-gcm', a.key, recordNonce(h.stream, h.sequence));
-  decipher.setAAD(a.bytes.subarray(0, h.headerLength));
   const tagAt = h.headerLength + h.bodyLength;
-  decipher.setAuthTag(a.bytes.subarray(tagAt, tagAt + RECORD_TAG_SIZE));
   const ct = a.bytes.subarray(h.headerLength, tagAt);
   let body: Uint8Array;
+  let dsts: Uint8Array[];
   if (a.into !== undefined && h.type === RecordType.PAGES) {
     body = new Uint8Array(0);
     const n = h.gfns.length;
-    for (let first = 0; first < n; first += OPEN_CHUNK_PAGES) {
-      const last = Math.min(n, first + OPEN_CHUNK_PAGES);
-      const pt = decipher.update(ct.subarray(first * PAGE_SIZE, last * PAGE_SIZE));
-      for (let i = first; i < last; i++) {
-        const dst = a.into(i, h.gfns[i] as number);
-        if (dst.byteLength !== PAGE_SIZE) throw new RecordError('argument', `destination for page ${i} is ${dst.byteLength} bytes, not ${PAGE_SIZE}`);
-        dst.set(pt.subarray((i - first) * PAGE_SIZE, (i - first + 1) * PAGE_SIZE));
-      }
+    dsts = new Array<Uint8Array>(n);
+    for (let i = 0; i < n; i++) {
+      const dst = a.into(i, h.gfns[i] as number);
+      if (!(dst instanceof Uint8Array) || dst.byteLength !== PAGE_SIZE)
+        throw new RecordError('argument', `destination for page ${i} is ${dst?.byteLength} bytes, not ${PAGE_SIZE}`);
+      dsts[i] = dst;
     }
+    dsts = coalesce(dsts);
   } else {
-    const pt = decipher.update(ct);
-    body = new Uint8Array(pt.buffer, pt.byteOffset, pt.byteLength);
+    body = a.inPlace === true ? ct : new Uint8Array(h.bodyLength);
+    dsts = [body];
   }
-  try {
-    decipher.final();
-  } catch {
+  const ok = withAead(a.key, a.backend, (aead) =>
+    aead.open(recordNonce(h.stream, h.sequence), a.bytes.subarray(0, h.headerLength), ct, a.bytes.subarray(tagAt, tagAt + RECORD_TAG_SIZE), dsts),
+  );
+  if (!ok)
     throw new RecordError(
       'auth',
       `${recordTypeName(h.type)} record stream ${h.stream} sequence ${h.sequence}: tag does not verify (tampered, wrong key, or another migration)`,
     );
-  }
   return { header: h, body };
 }
 

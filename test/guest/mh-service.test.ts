@@ -12,7 +12,10 @@ import { checkAb } from '../../src/guest/workloads/ab.js';
 import { workloadRange } from '../../src/guest/workloads/index.js';
 import { parseCmdline, workloadCmdline } from '../../src/guest/firmware/cmdline.js';
 import { FW_CFG_CHECK } from '../../src/guest/workloads/common.js';
-import { bootFreshTarget, bootPair, call, MiB, type Guest, type Pair } from './mh-service-rig.js';
+import { randomBytes } from 'node:crypto';
+import { allAeadBackends } from '../../src/native/aead.js';
+import { x25519PublicKey } from '../../src/protocol/noise.js';
+import { bootFreshTarget, bootGuest, bootPair, call, MiB, ownerKeys, ticketFor, type Guest, type Pair } from './mh-service-rig.js';
 
 const PAGES_PER_RECORD = 512;
 
@@ -207,6 +210,43 @@ test('retry after a cancel: T1 handshake, pre-copy, QUIESCE, T1 ABORT closes the
     await migrateAll(s2, cmdline);
   } finally {
     await Promise.all([pair.source.destroy(), t1Up ? pair.target.destroy() : undefined, t2?.destroy()]);
+  }
+});
+
+/** Runs `f` with SEVMIG_AEAD set (vCPU workers copy the environment when they are spawned). */
+async function withAeadEnv<T>(value: string, f: () => Promise<T>): Promise<T> {
+  const before = process.env.SEVMIG_AEAD;
+  process.env.SEVMIG_AEAD = value;
+  try {
+    return await f();
+  } finally {
+    if (before === undefined) delete process.env.SEVMIG_AEAD;
+    else process.env.SEVMIG_AEAD = before;
+  }
+}
+
+const nativeAead = allAeadBackends();
+
+test('AES-GCM backends interoperate through the MHs: the source seals with the native addon, the target opens with node:crypto', { timeout: 120_000, skip: nativeAead.native === null ? `native AES-GCM addon not available: ${nativeAead.nativeReason}` : false }, async () => {
+  const cmdline = 'workload=ab mh=2';
+  const spec = { memoryBytes: 64 * MiB, vcpus: 3, mh: 2, cmdline };
+  const owner = ownerKeys();
+  const src = new Uint8Array(randomBytes(32));
+  const dst = new Uint8Array(randomBytes(32));
+  const source = await withAeadEnv('native', () => bootGuest({ ...spec, owner, identity: src }));
+  const target = await withAeadEnv('node', () => bootGuest({ ...spec, owner, identity: dst, peer: x25519PublicKey(src) }));
+  const pair: Pair = {
+    owner, source, target, ticket: ticketFor({ owner, sourceIdentity: src }, dst), sourceIdentity: src, spec,
+    close: async () => void (await Promise.all([source.destroy(), target.destroy()])),
+  };
+  try {
+    await waitUntil('both MHs to serve', 10_000, () => source.serial.some((l) => /serving at/.test(l)) && target.serial.some((l) => /serving at/.test(l)));
+    assert.ok(source.serial.filter((l) => /serving at/.test(l)).every((l) => l.endsWith('aead native')), source.serial.join(' | '));
+    assert.ok(target.serial.filter((l) => /serving at/.test(l)).every((l) => l.endsWith('aead node')), target.serial.join(' | '));
+    await waitUntil('the source workload to run', 10_000, () => source.serial.some((l) => l.startsWith('sevmig-stats')));
+    await migrateAll(await handshake(pair), cmdline);
+  } finally {
+    await pair.close();
   }
 });
 

@@ -10,6 +10,13 @@
  * vCPU 0; page stream s ≥ 1 is exported only by MH vCPU (s − 1) mod N, so each stream's sequence
  * numbers have one writer; the shared counters (per-epoch and total records) use Atomics in the
  * scratch so MH vCPU 0 can emit EPOCH_END over all streams.
+ *
+ * Cipher: the thread's default AEAD backend (src/native: the system libcrypto when the addon is
+ * built, else node:crypto). PAGES export and import keep one keyed Aead per stream, so the AES key
+ * schedule is computed once per stream key, not per record; `matches` notices a new session's key
+ * (another vCPU may close and reopen sessions between two of our requests), and the cache is
+ * disposed whenever this vCPU sees no session, closes one, or stops: key material outside the MH
+ * key page lives no longer than the session.
  */
 import { createHash } from 'node:crypto';
 import { gpa, PAGE_SIZE } from '../../platform/address.js';
@@ -43,6 +50,8 @@ import {
 import { decodeAbort, decodeCommit, decodeEpochEnd, decodeStartToken, encodeEpochEnd, encodeStartToken, privatePageSetDigestDense, AbortReason } from '../../protocol/tokens.js';
 import { newImporter, step, ImportError, type ImporterState, type ImportEvent, type StepResult } from '../../protocol/importer.js';
 import { TICKET_SIZE } from '../../protocol/ticket.js';
+import type { Aead, AeadBackend } from '../../protocol/aead.js';
+import { defaultAeadBackend } from '../../native/aead.js';
 import { sourceBegin, sourceFinish, targetRespond, MhSessionError, type SourcePending } from './handshake.js';
 import { backwardKey, closeSession, MhKeyError, MhOff, MH_KEY_PAGE, streamKey, zeroizeMh } from './keys.js';
 import { MhScratch, Role, START_HASH_OFF, W } from './scratch.js';
@@ -103,6 +112,8 @@ export class MhService {
   private importer: ImporterState | null = null;
   private readonly recordCopy: Uint8Array;
   private readonly pageViews: Uint8Array[] = new Array<Uint8Array>(MAX_PAGES_PER_RECORD);
+  /** Keyed AEADs of the open session, by stream (PAGES export and import). */
+  private readonly keyed = new Map<number, Aead>();
   private stopped = false;
   /** Clock for ticket validity (unix ms; the HV controls it: docs/protocol.md §2). */
   now: () => number = () => Date.now();
@@ -112,6 +123,8 @@ export class MhService {
     readonly region: MhRegion,
     /** This MH vCPU's number, 0..N−1. */
     readonly k: number,
+    /** The AES-256-GCM implementation (default: this thread's, src/native/aead.ts). */
+    readonly aead: AeadBackend = defaultAeadBackend(),
   ) {
     const at = gpa(mailboxGpa(region, k));
     const v = ctx.mem.regionView(at, region.stride);
@@ -128,14 +141,22 @@ export class MhService {
 
   /** Serves requests until SHUTDOWN, with a platform safe point between bounded waits. */
   run(): void {
-    while (!this.stopped) {
-      this.ctx.checkpoint();
-      this.pollOnce(MH_POLL_MS);
+    try {
+      while (!this.stopped) {
+        this.ctx.checkpoint();
+        this.pollOnce(MH_POLL_MS);
+      }
+    } finally {
+      this.dropKeyed();
     }
   }
 
   /** One bounded wait for requests, then serves what arrived. */
   pollOnce(timeoutMs: number): number {
+    if (this.keyed.size > 0) {
+      const role = this.scratch.get(W.ROLE);
+      if (role !== Role.SOURCE && role !== Role.TARGET) this.dropKeyed();
+    }
     const reqs = this.mailbox.waitForRequests(timeoutMs, 8);
     for (const r of reqs) {
       const c = r instanceof MailboxError
@@ -207,6 +228,22 @@ export class MhService {
       default:
         return refuse(S.Unsupported, 'unknown op');
     }
+  }
+
+  /** The stream's keyed Aead for `key` (made once per stream key). The caller still wipes `key`. */
+  private keyedAead(stream: number, key: Uint8Array): Aead {
+    const have = this.keyed.get(stream);
+    if (have !== undefined && have.matches(key)) return have;
+    have?.dispose();
+    const a = this.aead.forKey(key);
+    this.keyed.set(stream, a);
+    return a;
+  }
+
+  /** Wipes every cached key schedule (session over, or no session seen). */
+  private dropKeyed(): void {
+    for (const a of this.keyed.values()) a.dispose();
+    this.keyed.clear();
   }
 
   private needSource(role: number): void {
@@ -313,7 +350,8 @@ export class MhService {
     }
     const migrationId = this.sessionId();
     try {
-      sealRecord({ key, header: { type: RecordType.PAGES, flags: 0, migrationId, stream: req.stream, sequence: seq, epoch: req.epoch, gfns }, body: views, out: this.mailbox.slot(req.slot) });
+      const aead = this.keyedAead(req.stream, key);
+      sealRecord({ key: aead, header: { type: RecordType.PAGES, flags: 0, migrationId, stream: req.stream, sequence: seq, epoch: req.epoch, gfns }, body: views, out: this.mailbox.slot(req.slot) });
     } finally {
       key.fill(0);
     }
@@ -358,6 +396,7 @@ export class MhService {
       // MH vCPUs have no state to carry (the target's MH vCPUs keep their own): their slot is zero.
       out = sealRecord({
         key,
+        backend: this.aead,
         header: { type: RecordType.VCPU_STATE, flags: 0, migrationId: this.sessionId(), stream: req.stream, sequence: seq, epoch: req.epoch, gfns: [] },
         body: encodeVcpuState(i, sc.vmsaSlot(i)),
         out: this.mailbox.slot(req.slot),
@@ -455,7 +494,7 @@ export class MhService {
   private seal0(req: RequestDescriptor, type: (typeof RecordType)['EPOCH_END' | 'START_TOKEN'], epoch: number, seq: number, body: Uint8Array): number {
     const key = streamKey(this.ctx.mem, 0);
     try {
-      return sealRecord({ key, header: { type, flags: 0, migrationId: this.sessionId(), stream: 0, sequence: seq, epoch, gfns: [] }, body, out: this.mailbox.slot(req.slot) }).byteLength;
+      return sealRecord({ key, backend: this.aead, header: { type, flags: 0, migrationId: this.sessionId(), stream: 0, sequence: seq, epoch, gfns: [] }, body, out: this.mailbox.slot(req.slot) }).byteLength;
     } finally {
       key.fill(0);
     }
@@ -472,7 +511,7 @@ export class MhService {
     if (!equalBytes(h.migrationId, this.sessionId())) refuse(S.Refused, 'another migration');
     const key = backwardKey(this.ctx.mem);
     try {
-      return openRecord({ key, bytes, header: h }).body;
+      return openRecord({ key, backend: this.aead, bytes, header: h }).body;
     } finally {
       key.fill(0);
     }
@@ -484,6 +523,7 @@ export class MhService {
     const c = decodeCommit(this.backward(req, RecordType.COMMIT));
     if (!equalBytes(c.startTokenHash, sc.control.subarray(START_HASH_OFF, START_HASH_OFF + 32))) refuse(S.Refused, 'COMMIT names another start token');
     zeroizeMh(this.ctx.mem, true);
+    this.dropKeyed();
     sc.set(W.MIGRATED, 1);
     sc.set(W.ROLE, Role.MIGRATED);
     return 0;
@@ -498,6 +538,7 @@ export class MhService {
   /** Ends the source session: keys dropped (identity kept), counters reset, QUIESCE cleared. */
   private closeSourceSession(): void {
     this.dropPending();
+    this.dropKeyed();
     closeSession(this.ctx.mem);
     const sc = this.scratch;
     sc.set(W.ROLE, Role.IDLE);
@@ -537,8 +578,11 @@ export class MhService {
         }
       const key = streamKey(this.ctx.mem, h.stream);
       try {
-        // Verified before anything is written: AES-GCM writes plaintext before the tag checks.
-        body = openRecord({ key, bytes, header: h }).body;
+        // Verified before anything is written to the guest: AES-GCM writes plaintext before the
+        // tag checks, so PAGES are decrypted in place inside the private copy and copied to guest
+        // memory only after the tag and the importer's step accepted them. Control bodies get a
+        // buffer of their own: decoded tokens may keep views of it past this request.
+        body = openRecord({ key: this.keyedAead(h.stream, key), bytes, header: h, inPlace: h.type === RecordType.PAGES }).body;
       } finally {
         key.fill(0);
       }
@@ -585,6 +629,7 @@ export class MhService {
     try {
       len = sealRecord({
         key,
+        backend: this.aead,
         header: { type: what === 'commit' ? RecordType.COMMIT : RecordType.ABORT, flags: 0, migrationId: this.sessionId(), stream: BACKWARD_STREAM, sequence: 0, epoch: 0, gfns: [] },
         body: act.body,
         out: this.mailbox.slot(req.slot),
@@ -593,6 +638,7 @@ export class MhService {
       key.fill(0);
     }
     closeSession(this.ctx.mem);
+    this.dropKeyed();
     const sc = this.scratch;
     if (what === 'commit') {
       // The guest is the imported one now; the next hop starts from a full dirty set.
@@ -609,6 +655,6 @@ export class MhService {
 /** MH vCPU k's main loop: set up its mailbox, serve it until SHUTDOWN. */
 export function runMhVcpu(ctx: VcpuContext, region: MhRegion, k: number): void {
   const svc = new MhService(ctx, region, k);
-  ctx.serialWrite(`sevmig-fw: MH vCPU ${ctx.index} (mailbox ${k}) serving at 0x${mailboxGpa(region, k).toString(16)}`);
+  ctx.serialWrite(`sevmig-fw: MH vCPU ${ctx.index} (mailbox ${k}) serving at 0x${mailboxGpa(region, k).toString(16)}, aead ${svc.aead.name}`);
   svc.run();
 }
