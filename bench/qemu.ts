@@ -555,7 +555,12 @@ export async function benchQemuMigration(o: QemuMigrationOptions): Promise<Migra
 
     // 4. Both sides: capabilities and parameters; the target listens on a port of the kernel's choosing.
     for (const p of [src, dst]) {
-      await exec(p, 'migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: multifd }] });
+      await exec(p, 'migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'multifd', state: multifd },
+          { capability: 'events', state: true }, // MIGRATION_PASS, for the pass points
+        ],
+      });
       await exec(p, 'migrate-set-parameters', {
         'max-bandwidth': MAX_BANDWIDTH,
         'downtime-limit': DOWNTIME_LIMIT_MS,
@@ -567,37 +572,60 @@ export async function benchQemuMigration(o: QemuMigrationOptions): Promise<Migra
     const port = listen['socket-address']?.find((a) => a.port !== undefined)?.port;
     if (!port) throw new QemuBenchError('qmp', `QEMU target did not report its listening port (query-migrate: ${JSON.stringify(listen)})`);
 
-    // 5. Migrate, sampling every 100 ms.
+    // 5. Migrate, sampling every 100 ms and at once on each MIGRATION_PASS event, so a short pass
+    //    is still seen; a pass that starts and ends between two samples has no PassPoint.
     const cpu0 = { src: cpuSeconds(src.pid), dst: cpuSeconds(dst.pid) };
-    const t0 = performance.now();
-    await exec(src, 'migrate', { uri: `tcp:127.0.0.1:${port}` });
     const samples: MigrationSample[] = [];
     const passPoints: PassPoint[] = [];
+    /** Pass → its start in ms since `migrate`, from QEMU's event timestamp (wall clock). */
+    const passStart = new Map<number, number>();
+    let wake: (() => void) | undefined;
+    const wall0 = Date.now();
+    const t0 = performance.now();
+    const offEvents = src.qmp?.on('event', (e) => {
+      const pass = e.data?.['pass'];
+      if (e.event !== 'MIGRATION_PASS' || typeof pass !== 'number') return;
+      passStart.set(pass, e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000 - wall0);
+      wake?.();
+    });
     let info: MigrateInfo = {};
-    for (;;) {
-      info = await exec<MigrateInfo>(src, 'query-migrate');
-      const tMs = performance.now() - t0;
-      const ram = info.ram ?? {};
-      const pass = ram['dirty-sync-count'];
-      const status = info.status ?? 'unknown';
-      samples.push({
-        tMs,
-        transferredBytes: ram.transferred ?? 0,
-        remainingBytes: ram.remaining ?? 0,
-        ...(ram.mbps !== undefined ? { mbps: ram.mbps } : {}),
-        ...(pass !== undefined ? { pass } : {}),
-        status,
-      });
-      if (pass !== undefined && pass !== passPoints.at(-1)?.pass) {
-        passPoints.push({ pass, tMs, remainingBytes: ram.remaining ?? 0 });
-        o.progress(`qemu:   pass ${pass}: remaining ${((ram.remaining ?? 0) / MiB).toFixed(1)} MiB, ${((ram.mbps ?? 0) / 8).toFixed(0)} MB/s (${status})`);
+    try {
+      await exec(src, 'migrate', { uri: `tcp:127.0.0.1:${port}` });
+      for (;;) {
+        info = await exec<MigrateInfo>(src, 'query-migrate');
+        const tMs = performance.now() - t0;
+        const ram = info.ram ?? {};
+        const pass = ram['dirty-sync-count'];
+        const status = info.status ?? 'unknown';
+        samples.push({
+          tMs,
+          transferredBytes: ram.transferred ?? 0,
+          remainingBytes: ram.remaining ?? 0,
+          ...(ram.mbps !== undefined ? { mbps: ram.mbps } : {}),
+          ...(pass !== undefined ? { pass } : {}),
+          status,
+        });
+        if (pass !== undefined && pass !== passPoints.at(-1)?.pass) {
+          const at = passStart.get(pass);
+          passPoints.push({ pass, tMs: at !== undefined && at >= 0 && at <= tMs ? at : tMs, remainingBytes: ram.remaining ?? 0 });
+          o.progress(`qemu:   pass ${pass}: remaining ${((ram.remaining ?? 0) / MiB).toFixed(1)} MiB, ${((ram.mbps ?? 0) / 8).toFixed(0)} MB/s (${status})`);
+        }
+        if (FINAL.has(status)) break;
+        if (tMs > timeoutMs) {
+          await exec(src, 'migrate_cancel').catch(() => undefined);
+          throw new QemuBenchError('timeout', `QEMU migration not finished after ${timeoutMs} ms (status ${status}, ${((ram.remaining ?? 0) / MiB).toFixed(1)} MiB remaining)`);
+        }
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, POLL_MS);
+          wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        wake = undefined;
       }
-      if (FINAL.has(status)) break;
-      if (tMs > timeoutMs) {
-        await exec(src, 'migrate_cancel').catch(() => undefined);
-        throw new QemuBenchError('timeout', `QEMU migration not finished after ${timeoutMs} ms (status ${status}, ${((ram.remaining ?? 0) / MiB).toFixed(1)} MiB remaining)`);
-      }
-      await sleep(POLL_MS);
+    } finally {
+      offEvents?.();
     }
     const status = info.status as 'completed' | 'failed' | 'cancelled';
 
