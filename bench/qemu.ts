@@ -7,40 +7,45 @@
  *
  *   node dist/bench/qemu.js --memory 2G --channels 1,2 --runs 3 [--seed 1] [--json FILE]
  *
- * How the data gets into the guest. The guest RAM is one memory backend (`ram0`):
- *   - source: `memory-backend-file,mem-path=FILL,share=off,prealloc=on`. FILL is a file (on /dev/shm
- *     when it has room) that holds the guest-physical image: zeros below 1 MiB, then page `gfn`
- *     = idleData(seed, gfn) up to the end of RAM. share=off maps it copy-on-write and prealloc
- *     touches every page for writing, so before QMP answers the whole RAM is private anonymous
- *     memory holding the data, as in a guest that has written all its RAM, and the file stays
- *     pristine: one fill serves any number of runs (prepareQemuFill).
- *   - target: `memory-backend-ram` with the same id (the RAM block's name is what must match).
- * Measured alternative, 512 MiB guest, QEMU 7.2: `-device loader,file=FILL,force-raw=on` keeps its
- * ROM copy of the blob for resets (VmHWM 1.09 GB against 0.57 GB here) and starts 3× slower.
- * `share=on` also avoids the copy but lets the guest write into the file, so it could not be reused.
+ * How the data gets into the guest (prepareQemuImage, once per size and seed, reusable):
+ *   1. Two raw files with the data by guest-physical address: [1 MiB, end of low RAM) and, for
+ *      guests over 2 GiB, the part at 4 GiB.
+ *   2. A "seed" QEMU loads them with `-device loader,file=…,force-raw=on`, boots SeaBIOS to its idle
+ *      loop, and saves itself with `migrate exec:cat > IMAGE`: a QEMU migration stream.
+ * Each run's source is then a plain `-m SIZE` QEMU started with `-incoming defer` that loads IMAGE
+ * (`migrate-incoming exec:cat IMAGE`) and resumes, idle, with all its RAM written.
+ * Why so: the source's RAM must be what any QEMU guest has, anonymous memory that QEMU asks to back
+ * with transparent huge pages. Measured (512 MiB, QEMU 7.2, TCG, this project's 2-core VM):
+ *   - the loader keeps its copy of the blob for resets: the seed's peak RSS is twice the guest;
+ *   - `memory-backend-file,share=off,prealloc=on` over a pre-filled file copies it into private
+ *     4 KiB pages (no THP for those); the first touch of each page by the migration thread then cost
+ *     ~7 µs in this VM (45 % of that thread's samples on one load in buffer_is_zero), and the
+ *     source spent 3.5–5 CPU s/GiB against 0.25–0.45 with THP-backed RAM.
+ * The load costs a few seconds per run before `migrate`; none of it is in the figures.
  *
  * Which bytes: idleData is keyed by guest-physical page number, so a page holds the same bytes as
  * page `gfn` of sevmig's idle guest (which fills [16 MiB, end)); here [1 MiB, end) is filled, the
- * first MiB is left to the BIOS. The machine is pinned to `max-ram-below-4g=2G`, so RAM offset
- * `o` is at GPA `o` below 2 GiB and at 4 GiB + (o − 2 GiB) above (qemuRamLayout).
- * SeaBIOS (the guest: no disk, it idles in its "No bootable device" loop) rewrites a few dozen pages
- * in the top 17 MiB of low RAM (measured: 33 pages ending at end−16 MiB, and the last 128 KiB), so the
- * spot checks stay out of the top 32 MiB of low RAM. Random data defeats the zero-page shortcut:
- * `ram.normal` is reported in the record's notes and checked in the test.
+ * first MiB is left to the BIOS. The machine is pinned to `max-ram-below-4g=2G`, so RAM beyond
+ * 2 GiB sits at 4 GiB (qemuRamLayout). SeaBIOS (the guest: no disk, it idles in its "No bootable
+ * device" loop) rewrites a few dozen pages in the top 17 MiB of low RAM (measured: 33 pages ending
+ * at end−16 MiB, and the last 128 KiB), so the spot checks stay out of the top 32 MiB of low RAM.
+ * Random data defeats the zero-page shortcut: `ram.normal` is in the record's notes and the test
+ * checks the page bytes sent.
  *
  * Per run: the total time, downtime and setup time QEMU reports, bytes on the wire (`ram.transferred`),
  * page bytes (`ram.normal-bytes`), passes (`dirty-sync-count`), a `query-migrate` sample every
- * 100 ms, CPU seconds per QEMU process over the migration (utime+stime from /proc/PID/stat, from
- * `migrate` until the target reports completion) and peak RSS (VmHWM, process lifetime). After
- * completion 16 pages spread over the target's RAM are read with `pmemsave` and compared with idleData.
+ * 100 ms and on each MIGRATION_PASS event, CPU seconds per QEMU process over the migration
+ * (utime+stime from /proc/PID/stat, from `migrate` until the target reports completion) and peak
+ * RSS (VmHWM, process lifetime). Before `migrate` on the source and after completion on the
+ * target, 16 pages spread over RAM are read with `pmemsave` and compared with idleData.
  *
  * Accelerator: KVM when /dev/kvm is usable, otherwise TCG (the guest only idles, so TCG costs little;
  * its dirty tracking is QEMU's own bitmap rather than KVM's dirty log).
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import {
-  accessSync, constants as fsConstants, closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync,
-  rmSync, statfsSync, statSync, writeFileSync, writeSync,
+  accessSync, constants as fsConstants, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statfsSync,
+  statSync, writeFileSync, writeSync,
 } from 'node:fs';
 import { freemem, tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -70,7 +75,6 @@ const POLL_MS = 100;
 /** QEMU 7.2 caps pre-copy at 128 MiB/s by default; this is "no cap" (1 TB/s). */
 const MAX_BANDWIDTH = 1e12;
 const DOWNTIME_LIMIT_MS = 300;
-const RAM_ID = 'ram0';
 /** SeaBIOS's last words when there is nothing to boot; from then on it waits in `hlt`. */
 const BIOS_IDLE_MARK = 'No bootable device';
 
@@ -180,25 +184,14 @@ export async function spotCheck(read: ReadGuestPage, gpas: readonly number[], se
   return { checked: gpas.length, bad };
 }
 
-/** A file holding a guest's RAM image filled with idle data; reusable across runs of the same size and seed. */
-export interface QemuFill {
-  readonly path: string;
-  readonly memoryBytes: number;
-  readonly seed: number;
-  /** Time taken to generate and write it. */
-  readonly fillMs: number;
-  /** Deletes the file. */
-  dispose(): void;
-}
-
 function checkMemorySize(memoryBytes: number): void {
   if (!Number.isSafeInteger(memoryBytes) || memoryBytes < MIN_MEMORY || memoryBytes % MiB !== 0) {
     throw new QemuBenchError('bad-argument', `guest memory must be a whole number of MiB, at least ${MIN_MEMORY / MiB} MiB (got ${memoryBytes} bytes)`);
   }
 }
 
-/** /dev/shm when it can hold `bytes` with room to spare (no disk I/O while QEMU maps it), else the temp folder. */
-function fillFolder(bytes: number): string {
+/** /dev/shm when it can hold `bytes` with room to spare (no disk I/O), else the temp folder. */
+function roomyFolder(bytes: number): string {
   for (const dir of ['/dev/shm', tmpdir()]) {
     try {
       const s = statfsSync(dir);
@@ -207,47 +200,120 @@ function fillFolder(bytes: number): string {
       // no such file system here
     }
   }
-  throw new QemuBenchError('resources', `no room for a ${bytes / MiB} MiB guest image in /dev/shm or ${tmpdir()}`);
+  throw new QemuBenchError('resources', `no room for ${(bytes / MiB).toFixed(0)} MiB in /dev/shm or ${tmpdir()}`);
+}
+
+/** A raw file of guest data to be loaded at guest-physical `gpa`. */
+export interface IdleBlob {
+  path: string;
+  gpa: number;
+  bytes: number;
 }
 
 /**
- * Writes the guest image: zeros below FILL_START, idleData(seed, gfn) for every RAM page above it,
- * each at its RAM-block offset (qemuRamLayout). Yields to the event loop between chunks.
+ * Writes the guest's data as raw files by guest-physical address: page `gfn` holds
+ * idleData(seed, gfn), from FILL_START to the end of RAM (one file per RAM range).
  */
-export async function prepareQemuFill(o: { memoryBytes: number; seed: number; progress?: (s: string) => void }): Promise<QemuFill> {
-  checkMemorySize(o.memoryBytes);
-  const dir = fillFolder(o.memoryBytes);
-  const path = join(dir, `sevmig-qemu-fill-${process.pid}-${Date.now().toString(36)}.ram`);
-  const t0 = performance.now();
-  const fd = openSync(path, 'w', 0o600);
-  try {
-    ftruncateSync(fd, o.memoryBytes);
-    let done = 0;
-    let lastReport = t0;
-    for (const r of qemuRamLayout(o.memoryBytes)) {
-      const skip = r.gpa === 0 ? FILL_START : 0;
-      for (let at = skip; at < r.bytes; at += FILL_CHUNK_PAGES * PAGE) {
-        const n = Math.min(FILL_CHUNK_PAGES, (r.bytes - at) / PAGE);
-        const data = idleData(o.seed, (r.gpa + at) / PAGE, n);
+export async function writeIdleBlobs(dir: string, memoryBytes: number, seed: number, progress?: (s: string) => void): Promise<IdleBlob[]> {
+  const out: IdleBlob[] = [];
+  let done = 0;
+  let lastReport = performance.now();
+  for (const r of qemuRamLayout(memoryBytes)) {
+    const blob = r.gpa === 0 ? { path: join(dir, 'low.raw'), gpa: FILL_START, bytes: r.bytes - FILL_START } : { path: join(dir, 'high.raw'), gpa: r.gpa, bytes: r.bytes };
+    const fd = openSync(blob.path, 'w', 0o600);
+    try {
+      for (let at = 0; at < blob.bytes; at += FILL_CHUNK_PAGES * PAGE) {
+        const n = Math.min(FILL_CHUNK_PAGES, (blob.bytes - at) / PAGE);
+        const data = idleData(seed, (blob.gpa + at) / PAGE, n);
         let off = 0;
-        while (off < data.byteLength) off += writeSync(fd, data, off, data.byteLength - off, r.offset + at + off);
+        while (off < data.byteLength) off += writeSync(fd, data, off, data.byteLength - off, at + off);
         done += n * PAGE;
         if (performance.now() - lastReport > 2000) {
           lastReport = performance.now();
-          o.progress?.(`  fill: ${(done / MiB).toFixed(0)} of ${(o.memoryBytes / MiB).toFixed(0)} MiB`);
+          progress?.(`qemu:   data: ${(done / MiB).toFixed(0)} of ${(memoryBytes / MiB).toFixed(0)} MiB`);
           await new Promise((res) => setImmediate(res));
         }
       }
+    } catch (e) {
+      throw new QemuBenchError('resources', `writing ${blob.path}: ${e instanceof Error ? e.message : String(e)}`);
+    } finally {
+      closeSync(fd);
     }
-  } catch (e) {
-    closeSync(fd);
-    rmSync(path, { force: true });
-    if (e instanceof QemuBenchError) throw e;
-    throw new QemuBenchError('resources', `writing the guest image ${path}: ${e instanceof Error ? e.message : String(e)}`);
+    out.push(blob);
   }
-  closeSync(fd);
-  const fillMs = performance.now() - t0;
-  return { path, memoryBytes: o.memoryBytes, seed: o.seed, fillMs, dispose: () => rmSync(path, { force: true }) };
+  return out;
+}
+
+/**
+ * A saved QEMU guest (a migration stream) whose RAM holds the idle data; each run's source loads
+ * it. Tied to the QEMU binary and accelerator that wrote it.
+ */
+export interface QemuImage {
+  readonly path: string;
+  readonly memoryBytes: number;
+  readonly seed: number;
+  readonly qemu: QemuBinary;
+  readonly accel: 'kvm' | 'tcg';
+  /** Time taken to write the data and save the seed guest. */
+  readonly prepMs: number;
+  /** Deletes the file. */
+  dispose(): void;
+}
+
+/** Paths go into QEMU's `exec:` URIs, which a shell runs: keep them to plain characters. */
+function shellSafe(path: string): string {
+  if (!/^[\w./-]+$/.test(path)) throw new QemuBenchError('resources', `temp path not usable in a QEMU exec: URI: ${path}`);
+  return path;
+}
+
+export interface QemuImageOptions {
+  memoryBytes: number;
+  seed: number;
+  progress?: (s: string) => void;
+  /** Default: findQemu(). */
+  qemu?: QemuBinary;
+  /** Default: kvm when /dev/kvm is usable, else tcg. */
+  accel?: 'kvm' | 'tcg';
+}
+
+/** Writes the data, boots a seed QEMU with it, and saves that guest as a migration stream. */
+export async function prepareQemuImage(o: QemuImageOptions): Promise<QemuImage> {
+  checkMemorySize(o.memoryBytes);
+  const qemu = o.qemu ?? findQemu();
+  if (!qemu) throw new QemuBenchError('not-installed', 'qemu-system-x86_64 not found (install qemu-system-x86, or set QEMU_PATH)');
+  const accel = o.accel ?? (usableKvm() ? 'kvm' : 'tcg');
+  // The data files, the seed QEMU's RAM and its loader copies, and the stream, all at once.
+  const need = 4 * o.memoryBytes + 512 * MiB;
+  if (freemem() < need) throw new QemuBenchError('resources', `preparing a ${sizeLabel(o.memoryBytes)} QEMU guest needs about ${(need / GiB).toFixed(1)} GiB free, ${(freemem() / GiB).toFixed(1)} GiB available`);
+  const t0 = performance.now();
+  const folder = roomyFolder(2 * o.memoryBytes);
+  const path = shellSafe(join(folder, `sevmig-qemu-${process.pid}-${Date.now().toString(36)}.mig`));
+  const dir = mkdtempSync(join(folder, 'sevmig-qemu-seed-'));
+  const bound = startBound(o.memoryBytes);
+  let seed: QemuProcess | undefined;
+  let ok = false;
+  installExitHook();
+  try {
+    o.progress?.(`qemu: writing ${sizeLabel(o.memoryBytes)} of idle data (seed ${o.seed})…`);
+    const blobs = await writeIdleBlobs(dir, o.memoryBytes, o.seed, o.progress);
+    o.progress?.(`qemu: booting the seed guest (QEMU ${qemu.version}, ${accel}) and saving it`);
+    seed = startQemu(qemu, 'seed', dir, { memoryBytes: o.memoryBytes, accel, loaders: blobs, incoming: false });
+    await connectQmp(seed, bound);
+    await waitBiosIdle(seed, bound);
+    // The loader has its own copy by now (it reads the files at start-up).
+    for (const b of blobs) rmSync(b.path, { force: true });
+    const check = await spotCheck(pageReader(seed, dir), spotCheckGpas(o.memoryBytes), o.seed);
+    if (check.bad.length > 0) throw new QemuBenchError('verify', `the seed guest's RAM does not hold the idle data (${check.bad.length} of ${check.checked} pages differ, first at GPA 0x${check.bad[0]?.toString(16)})`);
+    await exec(seed, 'migrate-set-parameters', { 'max-bandwidth': MAX_BANDWIDTH });
+    await exec(seed, 'migrate', { uri: `exec:cat > ${path}` });
+    await waitMigrationEnd(seed, 'saving the seed guest', bound);
+    ok = true;
+  } finally {
+    await seed?.stop();
+    rmSync(dir, { recursive: true, force: true });
+    if (!ok) rmSync(path, { force: true });
+  }
+  return { path, memoryBytes: o.memoryBytes, seed: o.seed, qemu, accel, prepMs: performance.now() - t0, dispose: () => rmSync(path, { force: true }) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,6 +331,8 @@ function installExitHook(): void {
   });
 }
 
+type Role = 'seed' | 'source' | 'target';
+
 class QemuProcess {
   private tail = '';
   private exitInfo: string | undefined;
@@ -272,7 +340,7 @@ class QemuProcess {
   qmp: QmpClient | undefined;
 
   constructor(
-    readonly role: 'source' | 'target',
+    readonly role: Role,
     readonly child: ChildProcess,
     readonly qmpPath: string,
     readonly biosLog: string,
@@ -332,33 +400,44 @@ function usableKvm(): boolean {
   }
 }
 
-function qemuArgs(o: { role: 'source' | 'target'; memoryBytes: number; accel: 'kvm' | 'tcg'; fillPath: string; qmpPath: string; biosLog: string }): string[] {
-  const size = `${o.memoryBytes / MiB}M`;
-  const backend = o.role === 'source'
-    ? `memory-backend-file,id=${RAM_ID},size=${size},mem-path=${o.fillPath},share=off,prealloc=on`
-    : `memory-backend-ram,id=${RAM_ID},size=${size}`;
+interface QemuStart {
+  memoryBytes: number;
+  accel: 'kvm' | 'tcg';
+  /** Raw files to load into guest RAM at start-up (the seed). */
+  loaders?: IdleBlob[];
+  /** Start with `-incoming defer` (source: loads the image; target: receives the migration). */
+  incoming: boolean;
+}
+
+/** Plain `-m` RAM: anonymous memory that QEMU madvises for huge pages, as in any QEMU guest. */
+function qemuArgs(o: QemuStart & { role: Role; qmpPath: string; biosLog: string }): string[] {
   return [
     '-name', `sevmig-qemu-${o.role},debug-threads=on`,
     '-nodefaults', '-no-user-config', '-display', 'none',
     // smm=off: no SMRAM (TSEG) carved out of the top of low RAM, so every RAM page is plain guest RAM.
-    '-machine', `q35,smm=off,max-ram-below-4g=${LOW_RAM_MAX / MiB}M,memory-backend=${RAM_ID}`,
+    '-machine', `q35,smm=off,max-ram-below-4g=${LOW_RAM_MAX / MiB}M`,
     '-accel', o.accel,
     '-smp', '1',
-    '-m', size,
-    '-object', backend,
+    '-m', `${o.memoryBytes / MiB}M`,
     // SeaBIOS's debug port, to see when it has finished writing and idles (BIOS_IDLE_MARK).
     '-chardev', `file,id=biosdbg,path=${o.biosLog}`,
     '-device', 'isa-debugcon,iobase=0x402,chardev=biosdbg',
     '-qmp', `unix:${o.qmpPath},server=on,wait=off`,
-    ...(o.role === 'target' ? ['-incoming', 'defer'] : []),
+    ...(o.loaders ?? []).flatMap((b) => ['-device', `loader,file=${b.path},addr=0x${b.gpa.toString(16)},force-raw=on`]),
+    ...(o.incoming ? ['-incoming', 'defer'] : []),
   ];
 }
 
-function startQemu(qemu: QemuBinary, role: 'source' | 'target', dir: string, memoryBytes: number, accel: 'kvm' | 'tcg', fillPath: string): QemuProcess {
+function startQemu(qemu: QemuBinary, role: Role, dir: string, o: QemuStart): QemuProcess {
   const qmpPath = join(dir, `${role}.qmp`);
   const biosLog = join(dir, `${role}-bios.log`);
-  const child = spawn(qemu.path, qemuArgs({ role, memoryBytes, accel, fillPath, qmpPath, biosLog }), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(qemu.path, qemuArgs({ ...o, role, qmpPath, biosLog }), { stdio: ['ignore', 'pipe', 'pipe'] });
   return new QemuProcess(role, child, qmpPath, biosLog);
+}
+
+/** Bound on start-up steps; grows with size (the loader reads the data, loads copy it, TCG on a busy machine is slow). */
+function startBound(memoryBytes: number): number {
+  return 60_000 + 60_000 * Math.ceil(memoryBytes / GiB);
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -411,6 +490,42 @@ async function waitBiosIdle(p: QemuProcess, timeoutMs: number): Promise<number> 
     if (existsSync(p.biosLog) && readFileSync(p.biosLog, 'latin1').includes(BIOS_IDLE_MARK)) return Date.now() - t0;
     if (Date.now() - t0 > timeoutMs) throw new QemuBenchError('timeout', `QEMU ${p.role}: SeaBIOS did not reach its idle loop within ${timeoutMs} ms`);
     await sleep(100);
+  }
+}
+
+/** `query-migrate` until a final status; 'completed' is waited on until its times are filled in. */
+async function waitMigrationEnd(p: QemuProcess, what: string, timeoutMs: number): Promise<MigrateInfo> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await exec<MigrateInfo>(p, 'query-migrate');
+    if (info.status === 'completed') return settle(p, info);
+    if (info.status === 'failed' || info.status === 'cancelled') {
+      throw new QemuBenchError('qmp', `QEMU ${p.role}: ${what} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+    }
+    if (Date.now() > deadline) throw new QemuBenchError('timeout', `QEMU ${p.role}: ${what} not done within ${timeoutMs} ms (status ${info.status ?? 'unknown'})`);
+    await sleep(POLL_MS);
+  }
+}
+
+/**
+ * QEMU 7.2 sets 'completed' before it computes total-time and downtime (migration_calculate_complete
+ * runs after the state change), so a query in between reads zeros: ask again until they are set.
+ */
+async function settle(p: QemuProcess, info: MigrateInfo): Promise<MigrateInfo> {
+  for (let i = 0; i < 100 && info.status === 'completed' && !(info['total-time'] ?? 0); i++) {
+    await sleep(10);
+    info = await exec<MigrateInfo>(p, 'query-migrate');
+  }
+  return info;
+}
+
+/** True once `query-status` says running (the source resumes on its own after its load). */
+async function waitRunning(p: QemuProcess, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if ((await exec<{ status?: string }>(p, 'query-status')).status === 'running') return true;
+    if (Date.now() > deadline) return false;
+    await sleep(20);
   }
 }
 
@@ -491,11 +606,11 @@ export interface QemuMigrationOptions {
   progress: (s: string) => void;
   /** Bound on the migration itself, from `migrate` to completion (default 10 min). */
   timeoutMs?: number;
-  /** A prepared image of this size and seed (prepareQemuFill); made and removed here when absent. */
-  fill?: QemuFill;
-  /** Default: kvm when /dev/kvm is usable, else tcg. */
+  /** A saved guest of this size and seed (prepareQemuImage); made and removed here when absent. */
+  image?: QemuImage;
+  /** Default: the image's, else kvm when /dev/kvm is usable, else tcg. */
   accel?: 'kvm' | 'tcg';
-  /** Default: findQemu(). */
+  /** Default: the image's, else findQemu(). */
   qemu?: QemuBinary;
 }
 
@@ -511,42 +626,44 @@ function sizeLabel(bytes: number): string {
 export async function benchQemuMigration(o: QemuMigrationOptions): Promise<MigrationRecord> {
   checkMemorySize(o.memoryBytes);
   if (o.channels !== 1 && o.channels !== 2) throw new QemuBenchError('bad-argument', `channels must be 1 or 2 (got ${String(o.channels)})`);
-  if (o.fill && (o.fill.memoryBytes !== o.memoryBytes || o.fill.seed !== o.seed)) {
-    throw new QemuBenchError('bad-argument', `the prepared image is for ${o.fill.memoryBytes} bytes, seed ${o.fill.seed}`);
-  }
-  const qemu = o.qemu ?? findQemu();
+  const qemu = o.qemu ?? o.image?.qemu ?? findQemu();
   if (!qemu) throw new QemuBenchError('not-installed', 'qemu-system-x86_64 not found (install qemu-system-x86, or set QEMU_PATH)');
-  // Source RAM + the image file + target RAM, with some room for QEMU itself.
-  const need = (o.fill ? 2 : 3) * o.memoryBytes + 512 * MiB;
+  const accel = o.accel ?? o.image?.accel ?? (usableKvm() ? 'kvm' : 'tcg');
+  if (o.image) {
+    const i = o.image;
+    if (i.memoryBytes !== o.memoryBytes || i.seed !== o.seed || i.qemu.path !== qemu.path || i.accel !== accel) {
+      throw new QemuBenchError('bad-argument', `the saved guest is for ${sizeLabel(i.memoryBytes)}, seed ${i.seed}, ${i.qemu.path} with ${i.accel}`);
+    }
+  }
+  // Source and target RAM (and the image, if made here), with some room for QEMU itself.
+  const need = 2 * o.memoryBytes + 512 * MiB;
   if (freemem() < need) throw new QemuBenchError('resources', `a ${sizeLabel(o.memoryBytes)} QEMU migration needs about ${(need / GiB).toFixed(1)} GiB free, ${(freemem() / GiB).toFixed(1)} GiB available`);
-  const accel = o.accel ?? (usableKvm() ? 'kvm' : 'tcg');
   const timeoutMs = o.timeoutMs ?? 600_000;
   const multifd = o.channels === 2;
-  const gib = o.memoryBytes / GiB;
-  // Startup bounds grow with size: prealloc copies the image, and SeaBIOS under TCG on a busy machine is slow.
-  const startMs = 60_000 + 30_000 * Math.ceil(gib);
+  const bound = startBound(o.memoryBytes);
   installExitHook();
 
   const dir = mkdtempSync(join(tmpdir(), 'sevmig-qemu-'));
-  let ownFill: QemuFill | undefined;
+  let ownImage: QemuImage | undefined;
   let src: QemuProcess | undefined;
   let dst: QemuProcess | undefined;
   try {
-    // 1. The guest image.
-    let fill = o.fill;
-    if (!fill) {
-      o.progress(`qemu: writing a ${sizeLabel(o.memoryBytes)} guest image of idle data (seed ${o.seed})…`);
-      fill = ownFill = await prepareQemuFill({ memoryBytes: o.memoryBytes, seed: o.seed, progress: o.progress });
-    }
+    // 1. The saved guest.
+    const image = o.image ?? (ownImage = await prepareQemuImage({ memoryBytes: o.memoryBytes, seed: o.seed, qemu, accel, progress: o.progress }));
 
-    // 2. Both QEMUs; QMP answers once the source's RAM is populated from the image.
+    // 2. Both QEMUs; the source loads the saved guest and resumes it.
     o.progress(`qemu: starting source and target (QEMU ${qemu.version}, ${accel}, ${sizeLabel(o.memoryBytes)}, ${multifd ? 'multifd ×2' : 'single stream'})`);
-    src = startQemu(qemu, 'source', dir, o.memoryBytes, accel, fill.path);
-    dst = startQemu(qemu, 'target', dir, o.memoryBytes, accel, fill.path);
-    await Promise.all([connectQmp(src, startMs), connectQmp(dst, startMs)]);
+    src = startQemu(qemu, 'source', dir, { memoryBytes: o.memoryBytes, accel, incoming: true });
+    dst = startQemu(qemu, 'target', dir, { memoryBytes: o.memoryBytes, accel, incoming: true });
+    await Promise.all([connectQmp(src, bound), connectQmp(dst, bound)]);
+    const tLoad = performance.now();
+    await exec(src, 'migrate-incoming', { uri: `exec:cat ${shellSafe(image.path)}` });
+    await waitMigrationEnd(src, 'loading the saved guest', bound);
+    const loadMs = performance.now() - tLoad;
+    const running = await waitRunning(src, 10_000);
+    if (!running) throw new QemuBenchError('verify', 'the source did not resume after loading the saved guest');
 
-    // 3. The guest has written all it will write, and the data is there.
-    const biosMs = await waitBiosIdle(src, startMs);
+    // 3. The data is there.
     const gpas = spotCheckGpas(o.memoryBytes);
     const before = await spotCheck(pageReader(src, dir), gpas, o.seed);
     if (before.bad.length > 0) {
@@ -627,6 +744,7 @@ export async function benchQemuMigration(o: QemuMigrationOptions): Promise<Migra
     } finally {
       offEvents?.();
     }
+    info = await settle(src, info);
     const status = info.status as 'completed' | 'failed' | 'cancelled';
 
     // 6. The target has loaded everything (it reports completion after the source does).
@@ -658,8 +776,8 @@ export async function benchQemuMigration(o: QemuMigrationOptions): Promise<Migra
     }
     const ram = info.ram ?? {};
     notes.push(
-      `QEMU ${qemu.version}, ${accel}, q35, 1 vCPU idling in SeaBIOS; RAM [1 MiB, end) random (idle data, seed ${o.seed}), mapped private and pre-faulted from an image file`,
-      `ram.normal ${ram.normal ?? '?'} pages, ram.duplicate (zero) ${ram.duplicate ?? '?'} pages; max-bandwidth ${MAX_BANDWIDTH / 1e9} GB/s, downtime-limit ${DOWNTIME_LIMIT_MS} ms; SeaBIOS idle ${biosMs} ms after QMP came up`,
+      `QEMU ${qemu.version}, ${accel}, q35, 1 vCPU idling in SeaBIOS; RAM [1 MiB, end) random (idle data, seed ${o.seed}); source loaded from a saved guest in ${loadMs.toFixed(0)} ms (not counted)`,
+      `ram.normal ${ram.normal ?? '?'} pages, ram.duplicate (zero) ${ram.duplicate ?? '?'} pages; max-bandwidth ${MAX_BANDWIDTH / 1e9} GB/s, downtime-limit ${DOWNTIME_LIMIT_MS} ms`,
     );
     if (info['error-desc']) notes.push(`QEMU: ${info['error-desc']}`);
 
@@ -689,7 +807,7 @@ export async function benchQemuMigration(o: QemuMigrationOptions): Promise<Migra
     };
   } finally {
     await Promise.all([src?.stop(), dst?.stop()]);
-    ownFill?.dispose();
+    ownImage?.dispose();
     rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -736,20 +854,20 @@ async function main(): Promise<void> {
   const qemu = findQemu();
   if (!qemu) throw new QemuBenchError('not-installed', 'qemu-system-x86_64 not found (install qemu-system-x86, or set QEMU_PATH)');
   const progress = (s: string): void => void process.stderr.write(`${s}\n`);
-  progress(`qemu: ${qemu.path} ${qemu.version}; writing a ${sizeLabel(memoryBytes)} guest image (seed ${seed})…`);
-  const fill = await prepareQemuFill({ memoryBytes, seed, progress });
-  progress(`qemu: image written in ${(fill.fillMs / 1000).toFixed(1)} s`);
+  progress(`qemu: ${qemu.path} ${qemu.version}`);
+  const image = await prepareQemuImage({ memoryBytes, seed, progress, qemu, ...(accel ? { accel } : {}) });
+  progress(`qemu: saved guest ready in ${(image.prepMs / 1000).toFixed(1)} s`);
   const records: MigrationRecord[] = [];
   try {
     for (let i = 0; i < runs; i++) {
       for (const c of channels) {
-        const r = await benchQemuMigration({ memoryBytes, channels: c as 1 | 2, seed, progress, fill, qemu, ...(accel ? { accel } : {}) });
+        const r = await benchQemuMigration({ memoryBytes, channels: c as 1 | 2, seed, progress, image });
         records.push(r);
         process.stdout.write(`${summary(r)}\n`);
       }
     }
   } finally {
-    fill.dispose();
+    image.dispose();
   }
   if (values.json) {
     writeFileSync(values.json, `${JSON.stringify(records, null, 2)}\n`);

@@ -1,17 +1,17 @@
 /**
- * The QEMU baseline (bench/qemu.ts): the RAM layout and spot checks in memory, the guest image on
- * disk, error paths with fake QEMU binaries, and, when qemu-system-x86_64 is installed, real
+ * The QEMU baseline (bench/qemu.ts): the RAM layout and spot checks in memory, the guest data files
+ * on disk, error paths with fake QEMU binaries, and, when qemu-system-x86_64 is installed, real
  * migrations of a 128 MiB guest (single stream and multifd ×2). Without QEMU those are skipped.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdtempSync, openSync, readSync, closeSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { idleData } from '../../src/guest/workloads/idle.js';
 import {
-  FILL_START, QemuBenchError, benchQemuMigration, findQemu, prepareQemuFill, qemuRamLayout, spotCheck, spotCheckGpas,
-  type QemuFill,
+  FILL_START, QemuBenchError, benchQemuMigration, findQemu, prepareQemuImage, qemuRamLayout, spotCheck, spotCheckGpas,
+  writeIdleBlobs, type QemuImage,
 } from '../../bench/qemu.js';
 
 const MiB = 2 ** 20;
@@ -72,48 +72,59 @@ describe('QEMU RAM layout and spot checks', () => {
   });
 });
 
-describe('QEMU guest image and error paths', () => {
-  let fill: QemuFill;
+describe('QEMU guest data and error paths', () => {
   let dir: string;
-  before(async () => {
-    fill = await prepareQemuFill({ memoryBytes: 64 * MiB, seed: 7 });
+  before(() => {
     dir = mkdtempSync(join(tmpdir(), 'sevmig-qemu-test-'));
   });
-  after(() => {
-    fill.dispose();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
 
-  test('the image holds zeros below 1 MiB and idle data by guest page above', () => {
-    assert.equal(statSync(fill.path).size, 64 * MiB);
-    assert.ok(readAt(fill.path, 0, FILL_START).every((b) => b === 0));
+  test('the data files hold idle data by guest page, from 1 MiB to the end of RAM', async () => {
+    const blobs = await writeIdleBlobs(dir, 64 * MiB, 7);
+    assert.equal(blobs.length, 1);
+    const b = blobs[0]!;
+    assert.equal(b.gpa, FILL_START);
+    assert.equal(b.bytes, 64 * MiB - FILL_START);
+    assert.equal(statSync(b.path).size, b.bytes);
     for (const gfn of [256, 257, 4096, 64 * 256 - 1]) {
-      assert.deepEqual(readAt(fill.path, gfn * PAGE, PAGE), Buffer.from(idleData(7, gfn, 1)), `page ${gfn}`);
+      assert.deepEqual(readAt(b.path, gfn * PAGE - b.gpa, PAGE), Buffer.from(idleData(7, gfn, 1)), `page ${gfn}`);
     }
   });
 
   test('bad arguments are refused before anything starts', async () => {
     const qemu = { path: '/nonexistent/qemu', version: '0' };
-    const base = { seed: 7, progress: () => undefined, qemu };
-    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 10 * MiB, channels: 1 }), (e) => e instanceof QemuBenchError && e.kind === 'bad-argument');
-    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 64 * MiB, channels: 3 as 1 }), (e) => e instanceof QemuBenchError && e.kind === 'bad-argument');
-    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 64 * MiB, channels: 1, seed: 8, fill }), (e) => e instanceof QemuBenchError && e.kind === 'bad-argument');
+    const base = { seed: 7, progress: () => undefined, qemu, accel: 'tcg' as const };
+    const isBad = (e: unknown): boolean => e instanceof QemuBenchError && e.kind === 'bad-argument';
+    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 10 * MiB, channels: 1 }), isBad);
+    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 64 * MiB + 1, channels: 1 }), isBad);
+    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 64 * MiB, channels: 3 as 1 }), isBad);
+    const image: QemuImage = { path: join(dir, 'none.mig'), memoryBytes: 64 * MiB, seed: 7, qemu, accel: 'tcg', prepMs: 0, dispose: () => undefined };
+    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 64 * MiB, channels: 1, seed: 8, image }), isBad);
+    await assert.rejects(benchQemuMigration({ ...base, memoryBytes: 128 * MiB, channels: 1, image }), isBad);
   });
 
-  test('a QEMU that cannot start, or dies at once, is reported with its output', async () => {
-    const base = { memoryBytes: 64 * MiB, channels: 1 as const, seed: 7, progress: () => undefined, fill, accel: 'tcg' as const };
+  test('a QEMU that cannot start, or dies at once, is reported with its output, and nothing is left behind', async () => {
+    const base = { memoryBytes: 64 * MiB, seed: 7, accel: 'tcg' as const };
     await assert.rejects(
-      benchQemuMigration({ ...base, qemu: { path: join(dir, 'missing'), version: '0' } }),
+      prepareQemuImage({ ...base, qemu: { path: join(dir, 'missing'), version: '0' } }),
       (e) => e instanceof QemuBenchError && e.kind === 'exited' && /could not start/.test(e.message),
     );
     const fake = join(dir, 'fake-qemu');
     writeFileSync(fake, '#!/bin/sh\necho "fake-qemu: unsupported machine" >&2\nexit 3\n');
     chmodSync(fake, 0o755);
     await assert.rejects(
-      benchQemuMigration({ ...base, qemu: { path: fake, version: '0' } }),
+      prepareQemuImage({ ...base, qemu: { path: fake, version: '0' } }),
       (e) => e instanceof QemuBenchError && e.kind === 'exited' && /unsupported machine/.test(e.message) && /exit code 3/.test(e.message),
     );
-    assert.ok(existsSync(fill.path), 'a prepared image is left to its owner');
+    for (const folder of ['/dev/shm', tmpdir()]) {
+      let names: string[] = [];
+      try {
+        names = readdirSync(folder);
+      } catch {
+        continue;
+      }
+      assert.deepEqual(names.filter((n) => n.startsWith(`sevmig-qemu-${process.pid}-`)), [], `left in ${folder}`);
+    }
   });
 
   test('findQemu: QEMU_PATH overrides PATH; a path that is not QEMU gives null', () => {
@@ -143,15 +154,15 @@ const skip = qemu ? false : 'qemu-system-x86_64 is not installed (apt-get instal
 
 describe('QEMU migration of a 128 MiB idle guest', { skip }, () => {
   const memoryBytes = 128 * MiB;
-  let fill: QemuFill | undefined;
+  let image: QemuImage | undefined;
   before(async () => {
-    if (qemu) fill = await prepareQemuFill({ memoryBytes, seed: 3 });
-  });
-  after(() => fill?.dispose());
+    if (qemu) image = await prepareQemuImage({ memoryBytes, seed: 3, qemu });
+  }, { timeout: 300_000 });
+  after(() => image?.dispose());
 
   for (const channels of [1, 2] as const) {
     test(`${channels === 1 ? 'single stream' : 'multifd, 2 channels'}: completes, and the record is complete`, { timeout: 300_000 }, async () => {
-      const r = await benchQemuMigration({ memoryBytes, channels, seed: 3, fill, progress: () => undefined, timeoutMs: 240_000 });
+      const r = await benchQemuMigration({ memoryBytes, channels, seed: 3, image, progress: () => undefined, timeoutMs: 240_000 });
       assert.equal(r.status, 'completed', r.error);
       assert.equal(r.mover, 'qemu');
       assert.equal(r.scenario, 'idle');
