@@ -29,6 +29,9 @@
 #include <node_api.h>
 
 #include <dlfcn.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>
@@ -365,6 +368,30 @@ napi_value DisposeJs(napi_env env, napi_callback_info info) {
   return Undefined(env);
 }
 
+// mallocTune(mmapThreshold, trimThreshold) -> boolean. glibc only (false elsewhere). Large
+// ArrayBuffers (record frames, page batches) otherwise come from fresh mmap()s or a heap top that
+// is trimmed after every GC: each 4 KiB of them then costs a page fault on first write, which
+// measured as much as the copy itself on the migration hot path.
+napi_value MallocTune(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  bool ok = false;
+#if defined(__GLIBC__)
+  int64_t mmapThreshold = 0;
+  int64_t trimThreshold = 0;
+  if (argc == 2 && napi_get_value_int64(env, argv[0], &mmapThreshold) == napi_ok &&
+      napi_get_value_int64(env, argv[1], &trimThreshold) == napi_ok && mmapThreshold > 0 &&
+      trimThreshold > 0 && mmapThreshold <= INT32_MAX && trimThreshold <= INT32_MAX) {
+    ok = mallopt(M_MMAP_THRESHOLD, static_cast<int>(mmapThreshold)) == 1 &&
+         mallopt(M_TRIM_THRESHOLD, static_cast<int>(trimThreshold)) == 1;
+  }
+#endif
+  napi_value r;
+  napi_get_boolean(env, ok, &r);
+  return r;
+}
+
 }  // namespace
 
 NAPI_MODULE_INIT() {
@@ -388,5 +415,8 @@ NAPI_MODULE_INIT() {
   napi_value path;
   napi_create_string_utf8(env, g_crypto.path.c_str(), NAPI_AUTO_LENGTH, &path);
   napi_set_named_property(env, exports, "libraryPath", path);
+  napi_value tune;
+  napi_create_function(env, "mallocTune", NAPI_AUTO_LENGTH, MallocTune, nullptr, &tune);
+  napi_set_named_property(env, exports, "mallocTune", tune);
   return exports;
 }

@@ -3,6 +3,7 @@
  * (`--qmp unix:PATH` or `--qmp tcp:HOST:PORT`). The VM is created over QMP
  * (`__com.sevmig_vm-create`); the process runs until `quit`, SIGINT or SIGTERM.
  */
+import { tuneAllocator } from '../native/malloc.js';
 import type { Command } from 'commander';
 import { Vmm } from '../host/vmm.js';
 import { VmmBackend } from '../host/backend.js';
@@ -31,6 +32,7 @@ export function registerHost(program: Command): void {
       const log = (line: string) => {
         if (!flags.quiet) process.stderr.write(`sevmig host[${process.pid}]: ${line}\n`);
       };
+      log(tuneAllocator());
       const vmm = new Vmm({ pspCommandLatencyMs: latency });
       if (flags.serial) vmm.on('serial', (vcpu: number, line: string) => process.stderr.write(`[serial vcpu${vcpu}] ${line}\n`));
       const backend = new VmmBackend(vmm, { defaultFirmware: defaultFirmwareImage, log });

@@ -238,10 +238,17 @@ export class FrameDecoder {
   /** Frames decoded so far. */
   frames = 0;
 
-  constructor(opts: { maxPayload?: number } = {}) {
+  private readonly alloc: (length: number) => Uint8Array;
+
+  /**
+   * `alloc` provides the buffer a payload split across chunks is assembled in (exactly `length`
+   * bytes; default a new array): a transport may hand out recycled buffers.
+   */
+  constructor(opts: { maxPayload?: number; alloc?: (length: number) => Uint8Array } = {}) {
     const m = opts.maxPayload ?? MAX_FRAME_PAYLOAD;
     if (!Number.isInteger(m) || m < 0 || m > MAX_FRAME_PAYLOAD) throw new RangeError(`maxPayload ${m} outside 0..${MAX_FRAME_PAYLOAD}`);
     this.maxPayload = m;
+    this.alloc = opts.alloc ?? ((n) => new Uint8Array(n));
   }
 
   /** Bytes of an incomplete frame held (0 at a frame boundary). */
@@ -299,7 +306,9 @@ export class FrameDecoder {
         }
         // Allocation sized by a length already checked against maxPayload.
         this.cur = h;
-        this.body = new Uint8Array(h.length);
+        const body = this.alloc(h.length);
+        if (body.byteLength !== h.length) throw new RangeError(`frame buffer of ${body.byteLength} bytes for a ${h.length}-byte payload`);
+        this.body = body;
         this.bodyFill = 0;
         continue;
       }

@@ -131,13 +131,13 @@ test('pattern: dirty rate is held with ctx.sleep / ctx.now', () => {
   assert.ok(last && last.pagesWritten > 8 && last.vcpu === 0);
 });
 
-test('idle: fills its part with seeded random data once, then returns; checker catches changes', () => {
+test('idle: fills its part with seeded random data once (then idles; fillOnly returns); checker catches changes', () => {
   const mem = new FakeMemory(FW_MIN_RAM_BYTES);
   const range: WorkloadRange = { start: at(WORKLOAD_RAM_START), bytes: 48 * PAGE, vcpus: 2 };
-  runIdle(new FakeContext(mem, { index: 0, vcpuCount: 2 }), range, 0, 9);
+  runIdle(new FakeContext(mem, { index: 0, vcpuCount: 2 }), range, 0, 9, { fillOnly: true });
   let r = checkIdle(mem, range, 9);
   assert.deepEqual([r.ok, r.unfilled], [true, 24]);
-  runIdle(new FakeContext(mem, { index: 1, vcpuCount: 2 }), range, 1, 9);
+  runIdle(new FakeContext(mem, { index: 1, vcpuCount: 2 }), range, 1, 9, { fillOnly: true });
   r = checkIdle(mem, range, 9);
   assert.deepEqual(r, { ok: true, pagesChecked: 48, unfilled: 0, bad: 0 });
   assert.equal(checkIdle(mem, range, 10).ok, false, 'another seed gives other data');

@@ -89,7 +89,7 @@ test('frame header: layout, and the checks made before any payload is touched', 
     return b;
   };
   rejects(() => decodeFrameHeader(bad(0, 0, 0)), 'value'); // kind Invalid
-  rejects(() => decodeFrameHeader(bad(6, 0, 0)), 'value'); // unknown kind
+  rejects(() => decodeFrameHeader(bad(7, 0, 0)), 'value'); // unknown kind
   rejects(() => decodeFrameHeader(bad(1, 1, 0)), 'value'); // unknown flag
   rejects(() => decodeFrameHeader(bad(1, 0, MAX_FRAME_PAYLOAD + 1)), 'length');
   rejects(() => decodeFrameHeader(bad(1, 0, 0xffffffff)), 'length');

@@ -51,6 +51,8 @@ export function checkAb(mem: ReadMemory, range: WorkloadRange): AbCheck {
 export interface RunLimit {
   /** Stop (return) after this many pages written in this call: tests and benches. */
   maxPages?: number;
+  /** `idle`: return once the fill is done instead of idling (tests). */
+  fillOnly?: boolean;
 }
 
 /** Runs vCPU `index`'s part of `ab` forever (or until `limit`), resuming from the VMSA registers. */

@@ -176,7 +176,7 @@ export class WorkloadRunner {
 
   /**
    * The part is done (idle): a last stats line. The run marker stays set, so a vCPU restarted from
-   * this VMSA resumes at "done" and halts again instead of starting over.
+   * this VMSA resumes at "done" and idles again instead of starting over.
    */
   finish(): void {
     this.stats();

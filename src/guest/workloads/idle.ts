@@ -1,5 +1,7 @@
 /**
- * `idle`: fills each vCPU's part of the workload range with pseudo-random data once, then halts.
+ * `idle`: fills each vCPU's part of the workload range with pseudo-random data once, then idles
+ * (a sleep-and-safe-point loop, the guest's HLT loop: it keeps answering check requests, and
+ * writes nothing more).
  * The data of page `gfn` is the AES-128-CTR keystream with key = SHA-256("sevmig idle" ‖ u32le seed)[0..16)
  * and initial counter block = gfn × 256 (128-bit big-endian), so any page can be regenerated on its
  * own (the checker) and a resumed fill rewrites exactly the same bytes. Random data defeats
@@ -74,7 +76,10 @@ export function checkIdle(mem: ReadMemory, range: WorkloadRange, seed: number): 
   return out;
 }
 
-/** Fills vCPU `index`'s part once (resuming from rsi), then returns. */
+/** Idle loop tick: how often an idle vCPU wakes to look at check requests. */
+const IDLE_TICK_MS = 50;
+
+/** Fills vCPU `index`'s part once (resuming from rsi), then idles (or returns, with `limit.fillOnly`). */
 export function runIdle(ctx: VcpuContext, range: WorkloadRange, index: number, seed: number, limit: RunLimit = {}): void {
   const part = partOf(range, index);
   const run = new WorkloadRunner(ctx, 'idle', () => ({ ...checkIdle(ctx.mem, { start: part.start, bytes: part.pages * PAGE_SIZE, vcpus: 1 }, seed) }));
@@ -92,4 +97,10 @@ export function runIdle(ctx: VcpuContext, range: WorkloadRange, index: number, s
     if (limit.maxPages !== undefined && n >= limit.maxPages) return;
   }
   run.finish();
+  if (limit.fillOnly) return;
+  // Bounded by the machine: a pause parks the vCPU inside sleep/safePoint, a shutdown ends it there.
+  for (;;) {
+    run.sleep(IDLE_TICK_MS);
+    run.safePoint();
+  }
 }

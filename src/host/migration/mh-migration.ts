@@ -25,6 +25,7 @@ import { closeChannels, connectOutgoing, listenIncoming, TransportError, type Ch
 import { runPrecopy, type PrecopyHandle, type SendResult } from './precopy-driver.js';
 import { WIRE_VERSION, encodeControl } from './plain-wire.js';
 import { decodeMainControl, encodeMhControl, type MainMessage } from './mh-wire.js';
+import { AckTracker, ACK_TIMEOUT_MS } from './ack.js';
 import { mapMhMailboxes, mhMigratable, MhError, MhSource, MhTarget, MhToken } from './mh-mover.js';
 import { SessionError, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './session.js';
 
@@ -69,89 +70,6 @@ function recordType(bytes: Uint8Array): number {
     return peekHeader(bytes).type;
   } catch {
     return 0;
-  }
-}
-
-/** How long the source waits for the target to acknowledge a record it sent. */
-const ACK_TIMEOUT_MS = 60_000;
-
-/**
- * The source's view of the target's ACKs (mh-wire.ts): one reader per page channel, records
- * numbered per channel in wire order, waiters resolved when the cumulative count passes them.
- */
-class AckTracker {
-  private readonly sentCount: number[];
-  private readonly acked: number[];
-  private readonly waiters: { n: number; resolve(): void; reject(e: Error): void }[][];
-  private failure: Error | null = null;
-
-  constructor(pages: readonly Channel[], private readonly timeoutMs: number, signal: AbortSignal) {
-    this.sentCount = pages.map(() => 0);
-    this.acked = pages.map(() => 0);
-    this.waiters = pages.map(() => []);
-    pages.forEach((ch, i) => void this.read(ch, i));
-    // One listener for the session, not one per waiting batch.
-    signal.addEventListener('abort', () => this.fail(new SessionError('cancelled', 'migration cancelled while waiting for the target')), { once: true });
-  }
-
-  private async read(ch: Channel, i: number): Promise<void> {
-    try {
-      for (;;) {
-        const f = await ch.next();
-        if (f === null) return;
-        if (f.kind !== FrameKind.Control) throw new SessionError('protocol', `page channel ${i + 1}: unexpected frame kind ${f.kind} from the target`);
-        const m = decodeMainControl(f.payload);
-        if (m.type !== 'ack') throw new SessionError('protocol', `page channel ${i + 1}: unexpected ${m.type} from the target`);
-        if (m.records < (this.acked[i] as number) || m.records > (this.sentCount[i] as number)) {
-          throw new SessionError('protocol', `page channel ${i + 1}: ACK of ${m.records} records, ${this.sentCount[i]} sent and ${this.acked[i]} acknowledged`);
-        }
-        this.acked[i] = m.records;
-        const list = this.waiters[i] as { n: number; resolve(): void }[];
-        const due = list.filter((w) => w.n <= m.records);
-        if (due.length > 0) {
-          this.waiters[i] = list.filter((w) => w.n > m.records) as (typeof this.waiters)[number];
-          for (const w of due) w.resolve();
-        }
-      }
-    } catch (e) {
-      this.fail(e instanceof Error ? e : new Error(String(e)));
-    }
-  }
-
-  private fail(e: Error): void {
-    this.failure ??= e;
-    for (const list of this.waiters) for (const w of list.splice(0)) w.reject(this.failure);
-  }
-
-  /** Numbers the next record of channel `i` (1-based, wire order). */
-  sent(i: number): number {
-    this.sentCount[i] = (this.sentCount[i] as number) + 1;
-    return this.sentCount[i] as number;
-  }
-
-  /** Resolves once the target acknowledged record `n` of channel `i`. */
-  imported(i: number, n: number): Promise<void> {
-    if ((this.acked[i] as number) >= n) return Promise.resolve();
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise<void>((resolve, reject) => {
-      const w = {
-        n,
-        resolve: () => { clearTimeout(timer); resolve(); },
-        reject: (e: Error) => { clearTimeout(timer); reject(e); },
-      };
-      const timer = setTimeout(() => {
-        const list = this.waiters[i] as (typeof w)[];
-        const k = list.indexOf(w);
-        if (k >= 0) list.splice(k, 1);
-        w.reject(new SessionError('timeout', `page channel ${i + 1}: record ${n} not acknowledged within ${this.timeoutMs} ms`));
-      }, this.timeoutMs);
-      (this.waiters[i] as (typeof w)[]).push(w);
-    });
-  }
-
-  /** Stops waiting (the channels are being closed). */
-  close(): void {
-    this.fail(new SessionError('cancelled', 'migration ended'));
   }
 }
 
@@ -266,7 +184,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     const done = await Promise.allSettled(sends);
     const bad = done.find((d) => d.status === 'rejected');
     if (bad) throw (bad as PromiseRejectedResult).reason;
-    return { bytes: done.reduce((n, d) => n + (d as PromiseFulfilledResult<number>).value, 0) };
+    return { bytes: done.reduce((n, d) => n + (d as PromiseFulfilledResult<number>).value, 0), skipped: gfns.length - list.length };
   };
 
   /** Stop-and-copy phase timings, logged at the end of the switch-over (what the downtime is made of). */
@@ -302,7 +220,12 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     const { s, c, ib } = need();
     let bytes = 0;
     phase(`final sync (${gfns.length} pages)`);
-    if (gfns.length > 0) bytes += (await exportBatch(gfns, signal)).bytes;
+    let skipped = 0;
+    if (gfns.length > 0) {
+      const r = await exportBatch(gfns, signal);
+      bytes += r.bytes;
+      skipped = r.skipped ?? 0;
+    }
     phase('last pages imported');
     const ch1 = c.pages[0] as Channel;
     for (let v = 0; v < machine.config.vcpus; v++) {
@@ -344,7 +267,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
         phase('source MH committed');
         log(`switch-over: ${phases.join(', ')}`);
         log('committed: source keys zeroized, guest migrated away');
-        return { bytes };
+        return { bytes, skipped };
       }
       if (t === RecordType.ABORT) {
         await s.abort(reply.bytes);
@@ -551,6 +474,8 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
           const p = importOne(f.payload);
           // Imports of one channel complete in order (one MH, FIFO): acknowledge each cumulatively.
           void p.then(() => {
+            // The record was copied into the MH's slot at submission: its buffer can be reused.
+            ch.recycle(f);
             if (failure) return;
             imported++;
             ch.send(FrameKind.Control, encodeMhControl({ type: 'ack', records: imported })).catch(() => undefined);

@@ -39,6 +39,11 @@ export interface SendResult {
   bytes: number;
   /** Pages that went as zero pages (QEMU's `duplicate`). */
   duplicate?: number;
+  /**
+   * Pages of the batch the mover did not send because they are not its to move (the mh mover skips
+   * shared pages and the MH's own regions): left out of `normal`, so page bytes stay page bytes.
+   */
+  skipped?: number;
 }
 
 export type PrecopyEmitted =
@@ -216,8 +221,9 @@ export function runPrecopy(opts: RunPrecopyOptions): PrecopyHandle {
     }
   }
 
-  function sentEvent(kind: 'sent' | 'final-sent', pages: number, r: SendResult): PrecopyEvent {
+  function sentEvent(kind: 'sent' | 'final-sent', batchPages: number, r: SendResult): PrecopyEvent {
     const at = deps.now();
+    const pages = batchPages - (r.skipped ?? 0);
     return r.duplicate === undefined ? { kind, pages, bytes: r.bytes, at } : { kind, pages, bytes: r.bytes, duplicate: r.duplicate, at };
   }
 

@@ -19,6 +19,8 @@ import { PSP_BATCH_PAGES, decodePspBatch, encodePspBatch, type PspEntry } from '
 
 /** Pages per PSP frame (one frame per 256 commands keeps frames ~1 MiB). */
 const FRAME_PAGES = 256;
+/** Frames of one sendPages call queued on the sockets at once. */
+const SEND_WINDOW = 4;
 
 export class PspSourceMover implements SourcePageMover {
   readonly name = 'psp' as const;
@@ -35,18 +37,28 @@ export class PspSourceMover implements SourcePageMover {
     if (channels.length < 1) throw new MoverError('unsupported', 'the psp mover needs at least one page channel');
   }
 
-  async sendPages(gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> {
+  async sendPages(gfns: readonly Gfn[], signal: AbortSignal, onFrame?: (channel: number) => void): Promise<SendResult> {
     const n = this.channels.length;
     const groups: number[][] = Array.from({ length: n }, () => []);
     for (const g of gfns) (groups[routeOf(g, n)] as number[]).push(g);
     const sends: Promise<number>[] = [];
+    let window: Promise<number>[] = [];
     for (let c = 0; c < n; c++) {
       const list = groups[c] as number[];
       for (let i = 0; i < list.length; i += FRAME_PAGES) {
+        if (window.length >= SEND_WINDOW) {
+          // Bounded queue: the stop-and-copy's whole remainder must not be wrapped up front.
+          await window[0];
+          window = window.slice(1);
+        }
         if (signal.aborted) throw new MoverError('aborted', 'migration cancelled while sending pages');
         const entries = list.slice(i, i + Math.min(FRAME_PAGES, PSP_BATCH_PAGES)).map((g) => this.wrap(g));
         const payload = encodePspBatch(entries);
-        sends.push((this.channels[c] as Channel).send(FrameKind.PspPages, payload).then(() => FRAME_HEADER_SIZE + payload.byteLength));
+        onFrame?.(c);
+        const p = (this.channels[c] as Channel).send(FrameKind.PspPages, payload).then(() => FRAME_HEADER_SIZE + payload.byteLength);
+        p.catch(() => undefined);
+        sends.push(p);
+        window.push(p);
         // Each PSP command blocked this thread; let the sockets drain between frames.
         await new Promise<void>((r) => setImmediate(r));
       }

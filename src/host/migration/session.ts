@@ -43,6 +43,8 @@ import { PlainSourceMover, PlainTargetMover, type SourcePageMover, type TargetPa
 import { DEVICE_VCPU_PSP, WIRE_VERSION, decodeControl, decodeDeviceState, encodeControl, encodeDeviceState, type ControlMessage, type MoverName } from './plain-wire.js';
 import { PspSourceMover, PspTargetMover } from './psp-mover.js';
 import { PSP_HEADER_SIZE } from './psp-wire.js';
+import { AckTracker, ACK_TIMEOUT_MS } from './ack.js';
+import { encodeMhControl } from './mh-wire.js';
 import { startIncomingMh, startOutgoingMh, type MhOutgoingOptions } from './mh-migration.js';
 
 export type SessionErrorKind = 'refused' | 'protocol' | 'cancelled' | 'timeout' | 'mismatch';
@@ -138,6 +140,20 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
 
   let pspStarted = false;
   let pspFinished = false;
+  let acks: AckTracker | null = null;
+  /** Sends a batch and resolves once the target applied every frame of it (ack.ts). */
+  const sendAcked = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
+    const m = needMover();
+    const ak = acks as AckTracker;
+    let last: number[] = [];
+    const r = await m.sendPages(gfns, signal, (ch) => {
+      const n = ak.sent(ch);
+      last[ch] = n;
+    });
+    await Promise.all(last.map((n, ch) => (n === undefined ? undefined : ak.imported(ch, n))));
+    last = [];
+    return r;
+  };
   const connect = async (): Promise<void> => {
     if (opts.mover !== 'plain' && opts.mover !== 'psp') throw new SessionError('refused', `page mover '${opts.mover}' is not available on this host`);
     if (opts.mover === 'psp' && !hooks.psp) throw new SessionError('refused', "the 'psp' page mover needs a confidential guest with a PSP handle");
@@ -167,6 +183,7 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
       if (ready.type !== 'psp-ready') throw new SessionError('protocol', `expected PSP_READY from the target, got ${ready.type}`);
       mover = new PspSourceMover(machine.memory, face, h, c.pages);
     } else mover = new PlainSourceMover(machine.memory, c.pages);
+    acks = new AckTracker(c.pages, ACK_TIMEOUT_MS, ac.signal);
   };
   let connecting: Promise<void> | null = null;
 
@@ -178,13 +195,13 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
   };
 
   const sendFinal = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
-    const m = needMover();
+    needMover();
     const c = chans as Channels;
     const ib = inbox as ControlInbox;
     let bytes = 0;
     let duplicate = 0;
     if (gfns.length > 0) {
-      const r = await m.sendPages(gfns, signal);
+      const r = await sendAcked(gfns, signal);
       bytes += r.bytes;
       duplicate += r.duplicate ?? 0;
     }
@@ -232,7 +249,7 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
         await connecting;
         return machine.memory.syncDirtyLog();
       },
-      sendBatch: (gfns, signal) => needMover().sendPages(gfns, signal),
+      sendBatch: (gfns, signal) => sendAcked(gfns, signal),
       stopVm: () => hooks.stopVm(),
       resumeVm: () => hooks.resumeVm(),
       setThrottle: (p) => machine.setThrottle(p),
@@ -245,6 +262,7 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
 
   const done = handle.done.then(async (r) => {
     ac.abort();
+    acks?.close();
     if (r.status !== 'completed' && pspStarted && !pspFinished && hooks.psp) {
       // SUPDATE → RUNNING: the transport keys are dropped and the source guest is the guest again.
       try {
@@ -411,11 +429,14 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
     mover = m;
 
     const pageLoop = async (ch: Channel): Promise<void> => {
+      let applied = 0;
       for (;;) {
         const f = await ch.next();
         if (f === null) return;
         m.apply(f.kind, f.payload);
         received += f.payload.byteLength;
+        ch.recycle(f); // applied: the payload is no longer needed
+        ch.send(FrameKind.Control, encodeMhControl({ type: 'ack', records: ++applied })).catch(() => undefined);
       }
     };
     const states: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(cfg.vcpus);

@@ -42,7 +42,7 @@ test('x-sevmig-mover is validated; plain refuses SEV guests; unsupported capabil
   const b = new VmmBackend(vmm, { defaultFirmware: () => fw });
   try {
     assert.equal(((await run(b, 'query-migrate-parameters')) as Record<string, unknown>)['x-sevmig-mover'], 'plain');
-    await rejects(run(b, 'migrate-set-parameters', { 'x-sevmig-mover': 'psp' }), /^Parameter 'x-sevmig-mover' expects one of 'plain', 'mh'$/);
+    await rejects(run(b, 'migrate-set-parameters', { 'x-sevmig-mover': 'warp' }), /^Parameter 'x-sevmig-mover' expects one of 'plain', 'mh', 'psp'$/);
     await rejects(run(b, 'migrate-set-parameters', { 'x-sevmig-warp': 1 }), /^Parameter 'x-sevmig-warp' is unexpected$/);
     await rejects(run(b, 'migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: true }] }), /'xbzrle' is not supported/);
     await run(b, 'migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }, { capability: 'xbzrle', state: false }] });

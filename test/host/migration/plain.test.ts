@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createHostPlatform, gfn, PAGE_SIZE, type HostMachine } from '../../../src/platform/host-face.js';
 import {
-  decodeBatch, decodeControl, decodeDeviceState, encodeBatch, encodeControl, encodeDeviceState, PlainWireError,
+  decodeBatch, decodeControl, decodeDeviceState, encodeBatch, encodeControl, encodeDeviceState, DEVICE_VCPU_PSP, PlainWireError,
 } from '../../../src/host/migration/plain-wire.js';
 import { routeOf } from '../../../src/host/migration/plain-mover.js';
 import { startIncoming, startOutgoing } from '../../../src/host/migration/session.js';
@@ -19,9 +19,20 @@ const MiB = 2 ** 20;
 test('wire: control, batch and device-state round trips; hostile input is refused by kind', () => {
   for (const m of [
     { type: 'setup', version: 2, memoryBytes: 64 * MiB, vcpus: 2, mover: 'plain', pageChannels: 4 },
+    { type: 'setup', version: 2, memoryBytes: 64 * MiB, vcpus: 2, mover: 'psp', pageChannels: 1 },
     { type: 'setup-ok' }, { type: 'complete', deviceFrames: 3 }, { type: 'committed' }, { type: 'cancel' }, { type: 'error', reason: 'memory 1 ≠ 2' },
+    { type: 'psp-target', pdh: new Uint8Array([1, 2]), certChain: new Uint8Array(0), ask: new Uint8Array([3]), ark: new Uint8Array([4, 5, 6]) },
+    { type: 'psp-start', policy: 0x31, pdhCert: new Uint8Array([7]), session: new Uint8Array(128).fill(9) },
+    { type: 'psp-ready' },
   ] as const) assert.deepEqual(decodeControl(encodeControl(m)), m);
-  assert.throws(() => decodeControl(new Uint8Array([9, 0, 0, 0])), { name: 'PlainWireError', kind: 'type' });
+  assert.throws(() => decodeControl(new Uint8Array([10, 0, 0, 0])), { name: 'PlainWireError', kind: 'type' });
+  // PSP_TARGET/PSP_START blobs: a length past the end, or bytes after the last blob, are refused.
+  const pt = encodeControl({ type: 'psp-target', pdh: new Uint8Array(4), certChain: new Uint8Array(4), ask: new Uint8Array(4), ark: new Uint8Array(4) });
+  assert.throws(() => decodeControl(pt.subarray(0, pt.byteLength - 1)), { kind: 'length' });
+  assert.throws(() => decodeControl(new Uint8Array([...pt, 0])), { kind: 'length' });
+  const ps = encodeControl({ type: 'psp-start', policy: 1, pdhCert: new Uint8Array(2), session: new Uint8Array(2) });
+  new DataView(ps.buffer).setUint32(8, 0xffffffff, true);
+  assert.throws(() => decodeControl(ps), { kind: 'length' });
   assert.throws(() => decodeControl(new Uint8Array([2, 1, 0, 0])), { kind: 'value' });
   assert.throws(() => decodeControl(new Uint8Array([3, 0, 0, 0])), { kind: 'length' });
   const err = encodeControl({ type: 'error', reason: 'x' });
@@ -47,6 +58,12 @@ test('wire: control, batch and device-state round trips; hostile input is refuse
   assert.equal(decodeDeviceState(frame, 2).vcpu, 1);
   assert.throws(() => decodeDeviceState(frame, 1), { kind: 'value' });
   assert.throws(() => decodeDeviceState(frame.subarray(0, 100), 2), { kind: 'length' });
+  // Type 2: a SEV-ES VMSA as a PSP packet (52-byte header ‖ 4096 bytes); a page-sized one is refused.
+  const e = encodeDeviceState(0, new Uint8Array(52 + PAGE_SIZE).fill(4), DEVICE_VCPU_PSP);
+  const es = decodeDeviceState(new Uint8Array([...e.header, ...e.data]), 2);
+  assert.deepEqual([es.type, es.vcpu, es.data.byteLength], [DEVICE_VCPU_PSP, 0, 52 + PAGE_SIZE]);
+  const wrong = encodeDeviceState(0, new Uint8Array(PAGE_SIZE), DEVICE_VCPU_PSP);
+  assert.throws(() => decodeDeviceState(new Uint8Array([...wrong.header, ...wrong.data]), 2), { kind: 'length' });
   // Routing keeps runs of 512 pages on one channel, round robin.
   assert.deepEqual([0, 511, 512, 1024, 1536, 2048].map((g) => routeOf(g, 4)), [0, 0, 1, 2, 3, 0]);
 });

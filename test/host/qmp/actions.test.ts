@@ -21,7 +21,7 @@ test('every command parses with no or minimal arguments, and unknown names are C
 test('vm-create: sizes, base64, defaults and consistency checks', () => {
   const a = parseAction('__com.sevmig_vm-create', { memory: '1G', vcpus: 2, 'sev-type': 'sev-es', 'dh-cert': 'AQID', session: 'BAU=', 'kernel-hashes': true, cmdline: 'console=ttyS0' });
   assert.deepEqual(a, {
-    kind: '__com.sevmig_vm-create', memoryBytes: 1 << 30, vcpus: 2, sevType: 'sev-es', policy: 0x5, kernelHashes: true, incoming: false, prealloc: false,
+    kind: '__com.sevmig_vm-create', memoryBytes: 1 << 30, vcpus: 2, sevType: 'sev-es', policy: 0x5, kernelHashes: true, incoming: false, prealloc: false, pspReceive: false,
     dhCert: new Uint8Array([1, 2, 3]), session: new Uint8Array([4, 5]), cmdline: 'console=ttyS0',
   });
   assert.equal((parseAction('__com.sevmig_vm-create', { memory: 8192, vcpus: 1, 'sev-type': 'sev' }) as { policy: number }).policy, 0x1);
