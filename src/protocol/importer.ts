@@ -56,6 +56,7 @@ import {
   encodeAbort,
   encodeCommit,
   privatePageSetDigest,
+  privatePageSetDigestDense,
   startTokenHash,
   type AbortReasonCode,
   type EpochEndToken,
@@ -140,7 +141,7 @@ interface Tracking {
   readonly config: Readonly<Required<ImporterConfig>>;
   readonly streams: StreamTrack[];
   /** Frame → epoch of the copy imported (the newest). */
-  readonly lastEpoch: Map<number, number>;
+  readonly lastEpoch: EpochTable;
   /** Epoch → data records received. */
   readonly received: Map<number, number>;
   /** Announced epoch ends, by epoch. */
@@ -151,6 +152,61 @@ interface Tracking {
   totalRecords: number;
   totalPages: number;
   pendingStart: StartToken | undefined;
+}
+
+/** The largest epoch the importer takes (the dense table stores epoch + 1 in an Int32Array). */
+export const MAX_EPOCH = 0x7fff_fffe;
+
+/** Frames at most this many get a dense table (4 bytes a frame: 2 MiB for a 2 GiB guest). */
+const DENSE_LIMIT = 2 ** 26;
+
+/**
+ * Frame → epoch of its newest imported copy. Dense (an Int32Array of epoch + 1) when the guest's
+ * frame count is known and moderate: the start token's digest is then one pass in frame order, no
+ * sort, which matters inside the downtime (≈ 0.2 s for 2 GiB with a Map). Iterates like a Map.
+ */
+export class EpochTable implements Iterable<[number, number]> {
+  private readonly dense: Int32Array | null;
+  private readonly map: Map<number, number> | null;
+  private count = 0;
+
+  constructor(pageLimit: number) {
+    this.dense = pageLimit <= DENSE_LIMIT ? new Int32Array(pageLimit) : null;
+    this.map = this.dense ? null : new Map();
+  }
+
+  get size(): number {
+    return this.dense ? this.count : (this.map as Map<number, number>).size;
+  }
+
+  get(g: number): number | undefined {
+    if (this.dense) {
+      const v = this.dense[g] as number;
+      return v === 0 ? undefined : v - 1;
+    }
+    return (this.map as Map<number, number>).get(g);
+  }
+
+  set(g: number, epoch: number): void {
+    if (this.dense) {
+      if (this.dense[g] === 0) this.count++;
+      // Epochs are u32 but a migration ends long before 2^31 - 1 passes (the MH stops at its own cap).
+      this.dense[g] = epoch + 1;
+    } else (this.map as Map<number, number>).set(g, epoch);
+  }
+
+  digest(): Uint8Array {
+    return this.dense ? privatePageSetDigestDense(this.dense).digest : privatePageSetDigest(this.map as Map<number, number>);
+  }
+
+  *[Symbol.iterator](): Iterator<[number, number]> {
+    if (this.map) {
+      yield* this.map;
+      return;
+    }
+    const d = this.dense as Int32Array;
+    for (let g = 0; g < d.length; g++) if (d[g] !== 0) yield [g, (d[g] as number) - 1];
+  }
 }
 
 export type ImporterState =
@@ -203,7 +259,7 @@ export function newImporter(config: ImporterConfig): ImporterState {
   const t: Tracking = {
     config: { migrationId: Uint8Array.from(config.migrationId), streams: config.streams, vcpuCount: config.vcpuCount, pageLimit },
     streams: Array.from({ length: config.streams }, () => ({ next: 0, epoch: -1, changes: [] })),
-    lastEpoch: new Map(),
+    lastEpoch: new EpochTable(pageLimit),
     received: new Map(),
     epochEnds: new Map(),
     announcedThrough: -1,
@@ -273,6 +329,8 @@ function onRecord(t: Tracking, ev: Extract<ImportEvent, { kind: 'record' }>, ref
   if (h.sequence < s.next) return refuse('replay', `stream ${h.stream} sequence ${h.sequence} already imported (next ${s.next})`);
   if (h.sequence > s.next) return refuse('out-of-order', `stream ${h.stream} sequence ${h.sequence}, expected ${s.next}`);
   if (h.epoch < s.epoch) return refuse('epoch-regressed', `stream ${h.stream}: epoch ${h.epoch} after ${s.epoch}`);
+  // A pass per epoch: 2^31 - 2 of them is centuries; the bound keeps the epoch table exact.
+  if (h.epoch > MAX_EPOCH) return refuse('epoch-order', `epoch ${h.epoch} beyond ${MAX_EPOCH}`);
   const control = h.type === RecordType.EPOCH_END || h.type === RecordType.START_TOKEN;
   if (control && h.stream !== 0) return refuse('stream', `${name} on stream ${h.stream}, control records use stream 0`);
   if (t.pendingStart !== undefined && h.type !== RecordType.PAGES && h.type !== RecordType.VCPU_STATE)
@@ -389,7 +447,7 @@ function settle(t: Tracking, actions: ImportAction[], refuse: Refuse): StepResul
   if (st.vcpuCount !== t.config.vcpuCount) return mism('vcpuCount', st.vcpuCount, t.config.vcpuCount);
   if (t.vcpus.size !== st.vcpuCount) return mism('vcpuState', st.vcpuCount, t.vcpus.size);
   if (st.setCount !== t.lastEpoch.size) return mism('setCount', st.setCount, t.lastEpoch.size);
-  if (!equalBytes(st.digest, privatePageSetDigest(t.lastEpoch))) return refuse('start-token', 'private-page set digest differs (a page missing or stale)', 'digest');
+  if (!equalBytes(st.digest, t.lastEpoch.digest())) return refuse('start-token', 'private-page set digest differs (a page missing or stale)', 'digest');
   const startHash = startTokenHash(st);
   actions.push({ kind: 'started', startHash });
   return { ok: true, state: { kind: 'Started', t, start: st, startHash }, actions };

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { PAGE_SIZE, RecordType, sealRecord } from '../../../src/protocol/record.js';
 import { AbortReason, decodeAbort, decodeCommit, encodeStartToken, privatePageSetDigest } from '../../../src/protocol/tokens.js';
-import { importRecord, newImporter, step, type ImporterState, type StepResult } from '../../../src/protocol/importer.js';
+import { EpochTable, MAX_EPOCH, importRecord, newImporter, step, type ImporterState, type StepResult } from '../../../src/protocol/importer.js';
 import { Sender, pageOf } from './sender.js';
 
 interface Target {
@@ -275,4 +275,23 @@ test('records beyond guest memory, unknown vCPUs, a second vCPU state, control r
   const ee = sealRecord({ key: s4.keys[1]!, header: { type: RecordType.EPOCH_END, flags: 0, migrationId: s4.migrationId, stream: 1, sequence: 0, epoch: 0, gfns: [] }, body: new Uint8Array(12 + 16).fill(0).map((v, i) => (i === 8 ? 2 : v)) });
   t = target(s4);
   assert.equal(errKind(feed(t, s4, ee)), 'stream');
+});
+
+test('epoch table: the dense form (known guest size) and the map form agree on get, size, iteration and digest', () => {
+  const dense = new EpochTable(64);
+  const sparse = new EpochTable(2 ** 41);
+  for (const [g, e] of [[5, 0], [63, 2], [5, 3], [0, 0x7ffffffe], [17, 1]] as const) {
+    dense.set(g, e);
+    sparse.set(g, e);
+  }
+  assert.equal(dense.size, 4);
+  assert.equal(sparse.size, 4);
+  assert.equal(dense.get(5), 3);
+  assert.equal(dense.get(6), undefined);
+  assert.equal(dense.get(0), 0x7ffffffe);
+  assert.deepEqual([...dense], [[0, 0x7ffffffe], [5, 3], [17, 1], [63, 2]]);
+  assert.deepEqual(new Map([...sparse]), new Map([...dense]));
+  assert.deepEqual(dense.digest(), sparse.digest());
+  assert.deepEqual(dense.digest(), privatePageSetDigest(new Map([...dense])));
+  assert.equal(MAX_EPOCH, 0x7ffffffe);
 });
