@@ -11,7 +11,7 @@
  * multifd(2) and `plain` rows, then five charts; the targets table; the bench rows.
  */
 import { createHash } from 'node:crypto';
-import type { MigrationRecord, RunDocument, RunRow, TargetCheck } from './schema.js';
+import type { MigrationRecord, MigrationSample, RunDocument, RunRow, TargetCheck } from './schema.js';
 import { barChart, lineChart, type BarRow, type LineSeries, type Point } from './svg.js';
 import { GiB, MiB, esc, fmt, fmtAuto, fmtBytes } from './text.js';
 
@@ -107,6 +107,18 @@ export function throughputPoints(m: MigrationRecord): Point[] {
   let prev = pts[0] as (typeof pts)[number];
   for (let i = 1; i < pts.length; i++) {
     const p = pts[i] as (typeof pts)[number];
+    if (i === pts.length - 1) {
+      // The stop-and-copy's bytes are counted when it ends: spread them over the whole flat
+      // `device` stretch before the last sample, not over the last polling interval alone.
+      let j = i - 1;
+      const flat = (k: number): boolean => {
+        const q = pts[k] as Partial<MigrationSample> & { tMs: number; transferredBytes: number };
+        return q.status === 'device' && q.transferredBytes === prev.transferredBytes;
+      };
+      while (j > 0 && flat(j - 1)) j--;
+      const start = pts[j] as typeof prev;
+      if (flat(j) && start.tMs < prev.tMs) prev = start;
+    }
     const dt = p.tMs - prev.tMs;
     if (dt <= 0 || (dt < window && i < pts.length - 1)) continue;
     const db = p.transferredBytes - prev.transferredBytes;
