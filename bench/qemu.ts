@@ -55,6 +55,7 @@ import { idleData } from '../src/guest/workloads/idle.js';
 import { parseSize } from '../src/platform/address.js';
 import { QmpClient, QmpClientError, QmpError } from '../src/owner/qmp-client.js';
 import type { JsonObject } from '../src/protocol/qmp.js';
+import { cpuSeconds, peakRss } from '../src/report/proc.js';
 import type { MigrationRecord, MigrationSample, PassPoint } from '../src/report/schema.js';
 
 const PAGE = 4096;
@@ -535,43 +536,6 @@ function pageReader(p: QemuProcess, dir: string): ReadGuestPage {
     await exec(p, 'pmemsave', { val: at, size: PAGE, filename: file });
     return new Uint8Array(readFileSync(file));
   };
-}
-
-// ---------------------------------------------------------------------------------------------
-// /proc
-
-let clkTck = 0;
-function ticksPerSecond(): number {
-  if (clkTck === 0) {
-    try {
-      clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5000 }).trim()) || 100;
-    } catch {
-      clkTck = 100;
-    }
-  }
-  return clkTck;
-}
-
-/** utime + stime of a process in seconds (all threads); undefined without /proc. */
-function cpuSeconds(pid: number): number | undefined {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // After the command name (in parentheses, may contain spaces): field 3 is rest[0], utime/stime are 14/15.
-    const rest = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return (Number(rest[11]) + Number(rest[12])) / ticksPerSecond();
-  } catch {
-    return undefined;
-  }
-}
-
-/** VmHWM in bytes; undefined without /proc. */
-function peakRss(pid: number): number | undefined {
-  try {
-    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m?.[1] ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
