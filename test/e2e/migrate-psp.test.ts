@@ -15,13 +15,13 @@ const MEMORY = 48 * MiB;
 
 type Info = { status?: string; 'error-desc'?: string; 'socket-address'?: { port: string }[]; ram?: { transferred?: number }; 'x-sevmig-psp-commands'?: number };
 
-async function launchSource(rig: Rig, sevType: 'sev' | 'sev-es', policy?: number): Promise<void> {
-  await launch(rig, { memoryBytes: MEMORY, vcpus: 2, sevType, cmdline: CMDLINE, mh: 'none', ...(policy !== undefined ? { policy } : {}) });
+async function launchSource(rig: Rig, sevType: 'sev' | 'sev-es', policy?: number, cmdline = CMDLINE): Promise<void> {
+  await launch(rig, { memoryBytes: MEMORY, vcpus: 2, sevType, cmdline, mh: 'none', ...(policy !== undefined ? { policy } : {}) });
   await waitFor('the source workload to run', 20_000, async () => ((await consoleLines(rig.client)).some((l) => l.includes('sevmig-stats')) ? true : undefined));
 }
 
-async function startMigration(src: QmpClient, dst: QmpClient, sevType: 'sev' | 'sev-es', params: Record<string, unknown> = {}): Promise<void> {
-  await dst.execute('__com.sevmig_vm-create', { memory: MEMORY, vcpus: 2, 'sev-type': sevType, cmdline: CMDLINE, incoming: true, 'psp-receive': true });
+async function startMigration(src: QmpClient, dst: QmpClient, sevType: 'sev' | 'sev-es', params: Record<string, unknown> = {}, cmdline = CMDLINE): Promise<void> {
+  await dst.execute('__com.sevmig_vm-create', { memory: MEMORY, vcpus: 2, 'sev-type': sevType, cmdline, incoming: true, 'psp-receive': true });
   for (const c of [src, dst]) await c.execute('migrate-set-parameters', { 'x-sevmig-mover': 'psp', 'max-bandwidth': 0, 'downtime-limit': 2000, ...params });
   await dst.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
   const port = (await dst.execute<Info>('query-migrate'))['socket-address']?.[0]?.port;
@@ -90,6 +90,41 @@ test('psp: cancel during pre-copy runs SEND_CANCEL; the source runs on and can m
     await startMigration(rig.client, dst.client, 'sev');
     const again = await waitEnd(rig.client, 90_000);
     assert.equal(again.status, 'completed', again['error-desc']);
+    await checkOnTarget(dst.client);
+  } finally {
+    await dst.close();
+    await rig.close();
+  }
+});
+
+test('psp: pattern on 2 vCPUs under SEV-ES: every page checks on the target', { timeout: 120_000 }, async () => {
+  const rig = await startRig();
+  const dst = await startHost();
+  const cmdline = 'workload=pattern wss=8M rate=20000';
+  try {
+    await launchSource(rig, 'sev-es', undefined, cmdline);
+    await startMigration(rig.client, dst.client, 'sev-es', {}, cmdline);
+    const info = await waitEnd(rig.client, 90_000);
+    assert.equal(info.status, 'completed', info['error-desc']);
+    await checkOnTarget(dst.client);
+  } finally {
+    await dst.close();
+    await rig.close();
+  }
+});
+
+test("psp: QEMU's non-converge → converge sequence: 1 ms at 3 MB/s stays active; 30 s at 1 GB/s completes", { timeout: 120_000 }, async () => {
+  const rig = await startRig();
+  const dst = await startHost();
+  try {
+    await launchSource(rig, 'sev');
+    await startMigration(rig.client, dst.client, 'sev', { 'max-bandwidth': 3 * MiB, 'downtime-limit': 1 });
+    await waitFor('the migration to be active', 20_000, async () => ((await rig.client.execute<Info>('query-migrate')).status === 'active' ? true : undefined));
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal((await rig.client.execute<Info>('query-migrate')).status, 'active', 'still active after 2.5 s at 1 ms / 3 MB/s');
+    await rig.client.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * MiB, 'downtime-limit': 30_000 });
+    const info = await waitEnd(rig.client, 90_000);
+    assert.equal(info.status, 'completed', info['error-desc']);
     await checkOnTarget(dst.client);
   } finally {
     await dst.close();

@@ -6,7 +6,7 @@ import type { Channel } from './transport.js';
 import { decodeMainControl } from './mh-wire.js';
 import { SessionError } from './session.js';
 
-/** How long the source waits for the target to acknowledge a record it sent. */
+/** How long the source waits for the target to acknowledge a frame it sent. */
 export const ACK_TIMEOUT_MS = 60_000;
 
 /**

@@ -17,8 +17,8 @@
  * sequence order, then a BARRIER(e) CONTROL frame at each epoch end; main carries EPOCH_END and
  * START_TOKEN forward and COMMIT / ABORT backward.
  *
- * ACK (target → source, on page channel s): the number of records of that channel the target MH has
- * imported so far (cumulative). The source counts a batch as sent only once it is acknowledged, so
+ * ACK (target → source, on page channel s): the number of frames of that channel the target has
+ * applied so far, cumulative (for mh: records its MH imported; plain and psp send it too, ack.ts). The source counts a batch as sent only once it is acknowledged, so
  * the pre-copy loop's bandwidth is the end-to-end import rate and the target's import backlog can
  * never land in the downtime unseen. An ACK carries no authority: a lying target host can only slow
  * the source down or make it wait (the start token is still checked by the target MH).

@@ -74,9 +74,15 @@ export interface PrecopyEngineOptions {
   batchPages: number;
   /** Send-batch commands outstanding at once (default 1); more keeps several channels busy. */
   maxInFlight: number;
+  /**
+   * What the stop-and-copy costs besides moving pages (stopping the guest, vCPU state, tokens, the
+   * commit round trip), ms; default 0 as in QEMU. The switch-over budgets pages for
+   * `downtime-limit` minus this, so the fixed part does not push the downtime over the limit.
+   */
+  switchoverCostMs: number;
 }
 
-export const DEFAULT_ENGINE_OPTIONS: Readonly<PrecopyEngineOptions> = { batchPages: 512, maxInFlight: 1 };
+export const DEFAULT_ENGINE_OPTIONS: Readonly<PrecopyEngineOptions> = { batchPages: 512, maxInFlight: 1, switchoverCostMs: 0 };
 
 /** QEMU's BUFFER_DELAY: the bandwidth and rate-limit window, ms. */
 export const BUFFER_DELAY_MS = 100;
@@ -248,6 +254,9 @@ export function initialPrecopyState(
   }
   if (!Number.isSafeInteger(e.maxInFlight) || e.maxInFlight < 1 || e.maxInFlight > 1024) {
     throw new PrecopyError('bad-parameter', `max-in-flight ${e.maxInFlight} is not an integer in 1..1024`);
+  }
+  if (!Number.isFinite(e.switchoverCostMs) || e.switchoverCostMs < 0 || e.switchoverCostMs > 60_000) {
+    throw new PrecopyError('bad-parameter', `switchover cost ${e.switchoverCostMs} ms is not in 0..60000`);
   }
   const ctx: PrecopyContext = {
     pageCount,
@@ -639,12 +648,13 @@ function updateWindow(stats: PrecopyStats, ctx: PrecopyContext, at: number, rema
   const bytes = stats.transferred - stats.windowBytes0;
   const pages = stats.normal + stats.duplicate - stats.windowPages0;
   const perMs = bytes / spent;
+  const cost = ctx.engine.switchoverCostMs;
   let expectedDowntime = stats.expectedDowntime;
-  if (stats.dirtyPagesRate > 0 && bytes > 10000) expectedDowntime = Math.round((remainingPages * PAGE_SIZE) / perMs);
+  if (stats.dirtyPagesRate > 0 && bytes > 10000) expectedDowntime = Math.round((remainingPages * PAGE_SIZE) / perMs + cost);
   return {
     ...stats,
     bandwidth: perMs * 1000,
-    thresholdBytes: perMs * ctx.params['downtime-limit'],
+    thresholdBytes: perMs * Math.max(0, ctx.params['downtime-limit'] - cost),
     mbps: (bytes * 8) / (spent / 1000) / 1e6,
     pagesPerSecond: Math.round(pages / (spent / 1000)),
     expectedDowntime,

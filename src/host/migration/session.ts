@@ -145,13 +145,10 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
   const sendAcked = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
     const m = needMover();
     const ak = acks as AckTracker;
-    let last: number[] = [];
-    const r = await m.sendPages(gfns, signal, (ch) => {
-      const n = ak.sent(ch);
-      last[ch] = n;
-    });
-    await Promise.all(last.map((n, ch) => (n === undefined ? undefined : ak.imported(ch, n))));
-    last = [];
+    // The highest frame number this batch put on each channel (ACKs are cumulative).
+    const last = new Map<number, number>();
+    const r = await m.sendPages(gfns, signal, (ch) => last.set(ch, ak.sent(ch)));
+    await Promise.all([...last].map(([ch, n]) => ak.imported(ch, n)));
     return r;
   };
   const connect = async (): Promise<void> => {

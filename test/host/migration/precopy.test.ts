@@ -287,6 +287,19 @@ test("QEMU's migration-test sequence: 3 MB/s and 1 ms never converges, then 1 GB
   sim.assertDestinationCurrent();
 });
 
+test('switchoverCostMs: the switch-over budgets pages for downtime-limit minus the fixed cost', () => {
+  // The same dirtying guest at the same bandwidth: with a 300 ms limit it converges; with a 300 ms
+  // fixed cost budgeted there is no time left for pages and it keeps iterating.
+  const base = { pageCount: 4096, linkBps: 1e9, dirtyRate: 2_000, workingSet: { first: 0, count: 256 }, params: { 'max-bandwidth': 20 * MB }, until: 1_000_000 + 20_000 };
+  const free = new Sim(base).run();
+  assert.equal(free.state.kind, 'completed');
+  const costly = new Sim({ ...base, engine: { switchoverCostMs: 300 } }).run();
+  assert.equal(costly.state.kind, 'active');
+  const info = precopyInfo(costly.state, costly.now);
+  assert.ok((info['expected-downtime'] ?? 0) >= 300, `expected downtime ${info['expected-downtime']} includes the cost`);
+  assert.throws(() => initialPrecopyState(16, {}, {}, { switchoverCostMs: -1 }), { name: 'PrecopyError', kind: 'bad-parameter' });
+});
+
 test('max-bandwidth caps the bytes of each 100 ms window', () => {
   const bw = 8 * MB;
   const pageCount = 8192;
