@@ -122,6 +122,18 @@ export async function checkOnTarget(target: QmpClient, workloadVcpus = 2): Promi
   for (const [v, r] of results) assert.equal(r.ok, true, `vCPU ${v}: ${JSON.stringify(r)}`);
 }
 
+/** A rig (source host + owner) and a second host for a migration's target; both closed at the end. */
+export async function withRigAndHost(fn: (rig: Rig, dst: Awaited<ReturnType<typeof startHost>>) => Promise<void>): Promise<void> {
+  const rig = await startRig();
+  const dst = await startHost();
+  try {
+    await fn(rig, dst);
+  } finally {
+    await dst.close();
+    await rig.close();
+  }
+}
+
 /** Another host in this process (its own Vmm and QMP socket), sharing nothing with a rig but the test. */
 export async function startHost(hooks?: MhTestHooks): Promise<{ vmm: Vmm; client: QmpClient; close(): Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'sevmig-host-'));

@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { QmpClient } from '../../src/owner/qmp-client.js';
-import { launch, startRig, startHost, waitFor, consoleLines, checkOnTarget, MiB, type Rig } from './harness.js';
+import { launch, startRig, startHost, waitFor, consoleLines, checkOnTarget, withRigAndHost, MiB, type Rig } from './harness.js';
 
 const CMDLINE = 'workload=ab size=8M';
 const MEMORY = 48 * MiB;
@@ -37,9 +37,7 @@ async function waitEnd(c: QmpClient, timeoutMs: number): Promise<Info> {
 
 for (const sevType of ['sev', 'sev-es'] as const) {
   test(`${sevType}: an ab guest moves through the PSPs (one page per command); the target checks ok and runs`, { timeout: 120_000 }, async () => {
-    const rig = await startRig();
-    const dst = await startHost();
-    try {
+    await withRigAndHost(async (rig, dst) => {
       await launchSource(rig, sevType);
       await startMigration(rig.client, dst.client, sevType);
       const info = await waitEnd(rig.client, 90_000);
@@ -49,27 +47,19 @@ for (const sevType of ['sev', 'sev-es'] as const) {
       assert.equal((await dst.client.execute<{ status: string }>('query-status')).status, 'running');
       assert.equal((await dst.client.execute<{ state: string }>('query-sev')).state, 'running');
       assert.equal((await rig.client.execute<{ status: string }>('query-status')).status, 'postmigrate');
-    } finally {
-      await dst.close();
-      await rig.close();
-    }
+    });
   });
 }
 
 test('psp: a guest whose policy has NOSEND is refused by SEND_START; the source runs on', { timeout: 60_000 }, async () => {
-  const rig = await startRig();
-  const dst = await startHost();
-  try {
+  await withRigAndHost(async (rig, dst) => {
     await launchSource(rig, 'sev', 0x01 | 0x08);
     await startMigration(rig.client, dst.client, 'sev');
     const info = await waitEnd(rig.client, 30_000);
     assert.equal(info.status, 'failed');
     assert.match(info['error-desc'] ?? '', /POLICY_FAILURE|NOSEND/);
     assert.equal((await rig.client.execute<{ status: string }>('query-status')).status, 'running');
-  } finally {
-    await dst.close();
-    await rig.close();
-  }
+  });
 });
 
 test('psp: cancel during pre-copy runs SEND_CANCEL; the source runs on and can migrate again', { timeout: 120_000 }, async () => {
@@ -98,25 +88,18 @@ test('psp: cancel during pre-copy runs SEND_CANCEL; the source runs on and can m
 });
 
 test('psp: pattern on 2 vCPUs under SEV-ES: every page checks on the target', { timeout: 120_000 }, async () => {
-  const rig = await startRig();
-  const dst = await startHost();
   const cmdline = 'workload=pattern wss=8M rate=20000';
-  try {
+  await withRigAndHost(async (rig, dst) => {
     await launchSource(rig, 'sev-es', undefined, cmdline);
     await startMigration(rig.client, dst.client, 'sev-es', {}, cmdline);
     const info = await waitEnd(rig.client, 90_000);
     assert.equal(info.status, 'completed', info['error-desc']);
     await checkOnTarget(dst.client);
-  } finally {
-    await dst.close();
-    await rig.close();
-  }
+  });
 });
 
 test("psp: QEMU's non-converge → converge sequence: 1 ms at 3 MB/s stays active; 30 s at 1 GB/s completes", { timeout: 120_000 }, async () => {
-  const rig = await startRig();
-  const dst = await startHost();
-  try {
+  await withRigAndHost(async (rig, dst) => {
     await launchSource(rig, 'sev');
     await startMigration(rig.client, dst.client, 'sev', { 'max-bandwidth': 3 * MiB, 'downtime-limit': 1 });
     await waitFor('the migration to be active', 20_000, async () => ((await rig.client.execute<Info>('query-migrate')).status === 'active' ? true : undefined));
@@ -126,8 +109,5 @@ test("psp: QEMU's non-converge → converge sequence: 1 ms at 3 MB/s stays activ
     const info = await waitEnd(rig.client, 90_000);
     assert.equal(info.status, 'completed', info['error-desc']);
     await checkOnTarget(dst.client);
-  } finally {
-    await dst.close();
-    await rig.close();
-  }
+  });
 });

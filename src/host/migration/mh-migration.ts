@@ -27,7 +27,7 @@ import { WIRE_VERSION, encodeControl } from './plain-wire.js';
 import { decodeMainControl, encodeMhControl, type MainMessage } from './mh-wire.js';
 import { AckTracker, ACK_TIMEOUT_MS } from './ack.js';
 import { mapMhMailboxes, mhMigratable, MhError, MhSource, MhTarget, MhToken } from './mh-mover.js';
-import { SessionError, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './session.js';
+import { checkSetup, SessionError, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './session.js';
 
 /**
  * The mh stop-and-copy's fixed part (QUIESCE, pause, final sync, vCPU records, EPOCH_END, start
@@ -425,18 +425,7 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
     const setup = await ib.next(setupMs, 'SETUP');
     if (setup.type !== 'setup') throw new SessionError('protocol', `expected SETUP, got ${setup.type}`);
     const cfg = machine.config;
-    const mismatch =
-      setup.version !== WIRE_VERSION ? `wire version ${setup.version}, this host speaks ${WIRE_VERSION}`
-      : setup.memoryBytes !== cfg.memoryBytes ? `source memory ${setup.memoryBytes} bytes, target ${cfg.memoryBytes}`
-      : setup.vcpus !== cfg.vcpus ? `source has ${setup.vcpus} vCPUs, target ${cfg.vcpus}`
-      : setup.pageChannels !== c.pages.length ? `source uses ${setup.pageChannels} page channels, target ${c.pages.length}`
-      : setup.mover !== 'mh' ? `this target expects the 'mh' page mover, the source uses '${setup.mover}'`
-      : hooks.mhCount < 1 ? 'the target guest has no MH vCPUs (cmdline mh=N)'
-      : null;
-    if (mismatch !== null) {
-      await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: mismatch })).catch(() => undefined);
-      throw new SessionError('mismatch', mismatch);
-    }
+    await checkSetup(c, setup, cfg, 'mh', hooks.mhCount < 1 ? 'the target guest has no MH vCPUs (cmdline mh=N)' : null);
     const region = mhRegion(cfg.memoryBytes, hooks.mhCount);
     const [link0] = await mapMhMailboxes(machine, region, MAILBOX_WAIT_MS);
     const t = new MhTarget(link0 as NonNullable<typeof link0>);

@@ -30,7 +30,7 @@
  * committed, and running both copies would be worse than finishing (the driver reports completed
  * if sendFinal resolves).
  */
-import { PAGE_SIZE, type Gfn, type GuestHandle, type HostMachine, type PspHostFace } from '../../platform/host-face.js';
+import { PAGE_SIZE, type Gfn, type GuestHandle, type HostMachine, type MachineConfig, type PspHostFace } from '../../platform/host-face.js';
 import { FrameKind } from '../../protocol/stream.js';
 import type { MigrateUri } from '../qmp/actions.js';
 import type { MigrationInfo } from '../qmp/backend.js';
@@ -348,6 +348,31 @@ export interface IncomingMigration {
   readonly done: Promise<{ status: 'completed' | 'failed'; error?: string }>;
 }
 
+/**
+ * The target's SETUP check, the same for every mover: wire version, memory, vCPUs, page channels and
+ * the mover this target expects, then the mover's own condition (`moverMismatch`, null when fine).
+ * A mismatch goes back to the source as ERROR and fails the incoming migration.
+ */
+export async function checkSetup(
+  c: Channels,
+  setup: Extract<ControlMessage, { type: 'setup' }>,
+  cfg: Readonly<MachineConfig>,
+  expected: MoverName,
+  moverMismatch: string | null,
+): Promise<void> {
+  const mismatch =
+    setup.version !== WIRE_VERSION ? `wire version ${setup.version}, this host speaks ${WIRE_VERSION}`
+    : setup.memoryBytes !== cfg.memoryBytes ? `source memory ${setup.memoryBytes} bytes, target ${cfg.memoryBytes}`
+    : setup.vcpus !== cfg.vcpus ? `source has ${setup.vcpus} vCPUs, target ${cfg.vcpus}`
+    : setup.pageChannels !== c.pages.length ? `source uses ${setup.pageChannels} page channels, target ${c.pages.length}`
+    : setup.mover !== expected ? `this target expects the '${expected}' page mover, the source uses '${setup.mover}'`
+    : moverMismatch;
+  if (mismatch !== null) {
+    await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: mismatch })).catch(() => undefined);
+    throw new SessionError('mismatch', mismatch);
+  }
+}
+
 /** QEMU's SocketAddress in query-migrate (`port` is a string there). */
 function qemuSocketAddress(a: SocketAddress): Record<string, string> {
   return a.type === 'inet' ? { type: 'inet', host: a.host, port: String(a.port) } : { type: 'unix', path: a.path };
@@ -386,20 +411,10 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
     const setup = decodeControl(first.payload);
     if (setup.type !== 'setup') throw new SessionError('protocol', `expected SETUP, got ${setup.type}`);
     const cfg = machine.config;
-    const mismatch =
-      setup.version !== WIRE_VERSION ? `wire version ${setup.version}, this host speaks ${WIRE_VERSION}`
-      : setup.memoryBytes !== cfg.memoryBytes ? `source memory ${setup.memoryBytes} bytes, target ${cfg.memoryBytes}`
-      : setup.vcpus !== cfg.vcpus ? `source has ${setup.vcpus} vCPUs, target ${cfg.vcpus}`
-      : setup.pageChannels !== c.pages.length ? `source uses ${setup.pageChannels} page channels, target ${c.pages.length}`
-      : setup.mover !== (opts.mover ?? 'plain') ? `this target expects the '${opts.mover ?? 'plain'}' page mover, the source uses '${setup.mover}'`
-      : setup.mover === 'plain' && cfg.mode !== 'none' ? `the plain page mover cannot migrate into a '${cfg.mode}' guest`
+    await checkSetup(c, setup, cfg, opts.mover ?? 'plain',
+      setup.mover === 'plain' && cfg.mode !== 'none' ? `the plain page mover cannot migrate into a '${cfg.mode}' guest`
       : setup.mover === 'psp' && (cfg.mode === 'none' || !hooks.psp) ? 'the psp page mover needs a confidential target created to receive through the PSP (vm-create psp-receive)'
-      : setup.mover !== 'plain' && setup.mover !== 'psp' ? `page mover '${setup.mover}' is not available on this target`
-      : null;
-    if (mismatch !== null) {
-      await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: mismatch })).catch(() => undefined);
-      throw new SessionError('mismatch', mismatch);
-    }
+      : null);
     await c.main.send(FrameKind.Control, encodeControl({ type: 'setup-ok' }));
     let pspHandle: GuestHandle | null = null;
     let m: TargetPageMover;
