@@ -1,5 +1,5 @@
 /**
- * A hostile hypervisor against the MH service (docs/protocol.md §7.6): every refusal has its
+ * A hostile hypervisor against the MH service (docs/protocol.md §7.5): every refusal has its
  * completion status, and a refused record never reaches guest memory. Real platform, two guests
  * in one process (mh-service-rig.ts), idle workloads so the tests stay fast.
  */
