@@ -5,7 +5,7 @@
  * the results and says what each configuration bounds.
  */
 import { readdirSync } from 'node:fs';
-import { run, traceLines, withModelCopy } from './spin.js';
+import { run, traceLines, withModelCopy, type SpinMode } from './spin.js';
 
 /** A model configuration: spin -D defines and the pan search. */
 export interface Config {
@@ -15,7 +15,7 @@ export interface Config {
   defines: string[];
   /** pan flags: SAFETY searches assertions; LIVENESS one LTL claim under weak fairness. */
   pan: string[];
-  mode: 'SAFETY' | 'LIVENESS';
+  mode: SpinMode;
   /** gcc optimisation: -O2 pays only for the big search (compiling the LIVENESS pan.c at -O1+ takes minutes). */
   opt: '-O0' | '-O2';
 }
@@ -66,7 +66,6 @@ export interface PanResult {
   /** The search did not finish (time or memory): nothing is proven. */
   incomplete: string | null;
   statesStored: number;
-  transitions: number;
   depth: number;
   seconds: number;
   /** What pan reported first ("assertion violated ...", "acceptance cycle ..."). */
@@ -86,7 +85,7 @@ function num(re: RegExp, s: string): number {
 export function runCheck(check: Check, timeoutMs = 600_000): Promise<PanResult> {
   return withModelCopy(async (dir) => {
     const defs = [...check.config.defines, ...(check.mutant === undefined ? [] : [`-DMUT_${check.mutant}`])];
-    const fail = (why: string): PanResult => ({ check, violated: false, incomplete: why, statesStored: 0, transitions: 0, depth: 0, seconds: 0, error: '', trail: [], ok: false });
+    const fail = (why: string): PanResult => ({ check, violated: false, incomplete: why, statesStored: 0, depth: 0, seconds: 0, error: '', trail: [], ok: false });
     const gen = await run('spin', ['-a', ...defs, 'migration.pml'], dir, 60_000);
     if (gen.error !== null) return fail(`spin -a: ${gen.error}`);
     // SAFETY: assertions only, collapse compression; no partial-order reduction (one process).
@@ -112,7 +111,6 @@ export function runCheck(check: Check, timeoutMs = 600_000): Promise<PanResult> 
       violated,
       incomplete,
       statesStored: num(/(\d+) states, stored/, out),
-      transitions: num(/(\d+) transitions \(= stored\+matched\)/, out) || num(/([\d.e+]+) transitions/, out),
       depth: num(/depth reached (\d+)/, out),
       seconds: num(/pan: elapsed time ([\d.]+) seconds/, out),
       error,
