@@ -221,9 +221,14 @@ export function initMailbox(v: MailboxViews, g: MailboxGeometry): MailboxLayout 
   const l = mailboxLayout(g);
   checkViews(v, l);
   const bytes = new Uint8Array(v.control.buffer, v.control.byteOffset, HEADER_BYTES);
+  // The HV opens the mailbox as soon as the header parses, and may submit at once: so the live
+  // words are zero before the header appears, and the magic is written last. (Zeroing the words
+  // after the header lost a request submitted in between: it never completed.)
   bytes.fill(0);
-  bytes.set(encodeHeader(g), 0);
   for (const w of Object.values(Word)) Atomics.store(v.control, w, 0);
+  const header = encodeHeader(g);
+  bytes.set(header.subarray(4), 4);
+  Atomics.store(v.control, 0, new DataView(header.buffer, header.byteOffset).getInt32(0, true));
   return l;
 }
 
