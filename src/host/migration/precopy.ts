@@ -128,11 +128,15 @@ export type PrecopyOp = 'sync-dirty' | 'send-batch' | 'stop-vm' | 'send-final' |
 export type PrecopyEvent =
   | { kind: 'started'; at: number }
   | { kind: 'dirty-synced'; dirty: DirtyPages; at: number }
-  /** A send-batch finished: its page count, wire bytes, and how many pages went as zero pages. */
-  | { kind: 'sent'; pages: number; bytes: number; duplicate?: number; at: number }
+  /**
+   * A send-batch finished: the pages that went (`normal` + `duplicate`), their wire bytes, how many
+   * of them went as zero pages, and how many pages of the batch the mover `skipped` (not its to
+   * move: shared pages, the MH's own frames). `pages + skipped` is the batch's size.
+   */
+  | { kind: 'sent'; pages: number; bytes: number; duplicate?: number; skipped?: number; at: number }
   | { kind: 'tick'; now: number }
   | { kind: 'vm-stopped'; at: number }
-  | { kind: 'final-sent'; pages: number; bytes: number; duplicate?: number; at: number }
+  | { kind: 'final-sent'; pages: number; bytes: number; duplicate?: number; skipped?: number; at: number }
   | { kind: 'set-parameters'; params: Partial<PrecopyParams> }
   | { kind: 'cancel'; at: number }
   | { kind: 'error'; op: PrecopyOp; message: string; at: number };
@@ -381,10 +385,20 @@ function stepActive(state: S<'active'>, ev: PrecopyEvent): PrecopyStepResult {
     case 'sent': {
       checkTime(ev.at, state, ev);
       checkSent(state, ev, state.pending.pages);
+      // The whole batch leaves the in-flight count, skipped pages too: counted in flight for ever,
+      // they would hold the window's budget and, once more than one window's worth, stall the
+      // loop with nothing sent and no error (issue 10). They are not sent bytes or pages either.
+      const pages = state.pending.pages - ev.pages - (ev.skipped ?? 0);
+      const batches = state.pending.batches - 1;
+      // Nothing is in flight once no batch is: a mover that reports less than it was given would
+      // leak budget the same way, so that is refused here rather than left to stall.
+      if (batches === 0 && pages !== 0) {
+        throw new PrecopyError('bad-event', `event sent leaves ${pages} of the pages issued unaccounted for (pages + skipped must be the batch)`, state.kind, ev.kind);
+      }
       const s: S<'active'> = {
         ...state,
         stats: addSent(state.stats, ev.pages, ev.bytes, ev.duplicate ?? 0, 'precopy'),
-        pending: { ...state.pending, batches: state.pending.batches - 1, pages: state.pending.pages - ev.pages },
+        pending: { ...state.pending, batches, pages },
       };
       return pump(s, ev.at);
     }
@@ -490,7 +504,8 @@ function stepCancelling(state: S<'cancelling'>, ev: PrecopyEvent): PrecopyStepRe
       break;
     case 'sent':
       checkSent(state, ev, p.pages);
-      pending = { ...p, batches: p.batches - 1, pages: p.batches === 1 ? 0 : p.pages - ev.pages };
+      // Lenient here: whatever the counts say, the last batch back settles the sends.
+      pending = { ...p, batches: p.batches - 1, pages: p.batches === 1 ? 0 : Math.max(0, p.pages - ev.pages - (ev.skipped ?? 0)) };
       stats = addSent(stats, ev.pages, ev.bytes, ev.duplicate ?? 0, 'precopy');
       at = ev.at;
       break;
@@ -744,7 +759,11 @@ function checkSent(
     throw new PrecopyError('bad-event', `event ${ev.kind} ${why}`, state.kind, ev.kind);
   };
   if (ev.kind === 'sent' && 'pending' in state && state.pending.batches === 0) bad('arrived with no batch in flight');
-  if (!Number.isSafeInteger(ev.pages) || ev.pages < 0 || ev.pages > maxPages) bad(`reports ${ev.pages} pages, at most ${maxPages} were issued`);
+  const skipped = ev.skipped ?? 0;
+  if (!Number.isSafeInteger(skipped) || skipped < 0) bad(`reports ${skipped} skipped pages`);
+  if (!Number.isSafeInteger(ev.pages) || ev.pages < 0 || ev.pages + skipped > maxPages) {
+    bad(`reports ${ev.pages} pages${skipped > 0 ? ` and ${skipped} skipped` : ''}, at most ${maxPages} were issued`);
+  }
   if (!Number.isSafeInteger(ev.bytes) || ev.bytes < 0) bad(`reports ${ev.bytes} bytes`);
   const d = ev.duplicate ?? 0;
   if (!Number.isSafeInteger(d) || d < 0 || d > ev.pages) bad(`reports ${d} zero pages of ${ev.pages}`);

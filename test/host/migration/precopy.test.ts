@@ -40,6 +40,8 @@ interface SimOptions {
   until?: number;
   /** Events to inject once the clock reaches `at`. */
   inject?: { at: number; event: (now: number) => PrecopyEvent }[];
+  /** Pages the mover does not move (shared pages, the MH's frames): reported as `skipped`. */
+  skip?: (page: number) => boolean;
 }
 
 class Sim {
@@ -86,14 +88,25 @@ class Sim {
     this.now += ms;
   }
 
-  private copy(gfns: readonly number[]): number {
+  /** Moves the pages the mover moves; returns their wire bytes and how many it skipped. */
+  private copy(gfns: readonly number[]): { bytes: number; skipped: number } {
+    let skipped = 0;
     for (const p of gfns) {
+      if (this.o.skip?.(p)) {
+        skipped++;
+        continue;
+      }
       this.dst[p] = this.src[p] ?? 0;
       this.sendCount[p] = (this.sendCount[p] ?? 0) + 1;
     }
-    const bytes = gfns.length * (this.o.bytesPerPage ?? PAGE_SIZE + 32);
+    const bytes = (gfns.length - skipped) * (this.o.bytesPerPage ?? PAGE_SIZE + 32);
     this.advance((bytes / this.o.linkBps) * 1000);
-    return bytes;
+    return { bytes, skipped };
+  }
+
+  private sentEvent(kind: 'sent' | 'final-sent', gfns: readonly number[]): PrecopyEvent {
+    const { bytes, skipped } = this.copy(gfns);
+    return skipped > 0 ? { kind, pages: gfns.length - skipped, skipped, bytes, at: this.now } : { kind, pages: gfns.length, bytes, at: this.now };
   }
 
   feed(ev: PrecopyEvent): void {
@@ -151,9 +164,9 @@ class Sim {
       case 'send-batch': {
         const pass = this.state.kind === 'active' ? (precopyInfo(this.state, this.now).ram?.['dirty-sync-count'] ?? 0) : -1;
         const at = this.now;
-        const bytes = this.copy(c.gfns);
-        this.sends.push({ at, bytes, pass, gfns: c.gfns });
-        this.queue.push({ kind: 'sent', pages: c.gfns.length, bytes, at: this.now });
+        const ev = this.sentEvent('sent', c.gfns);
+        this.sends.push({ at, bytes: ev.kind === 'sent' ? ev.bytes : 0, pass, gfns: c.gfns });
+        this.queue.push(ev);
         return;
       }
       case 'set-throttle':
@@ -168,11 +181,9 @@ class Sim {
       case 'resume-vm':
         this.running = true;
         return;
-      case 'send-final': {
-        const bytes = this.copy(c.gfns);
-        this.queue.push({ kind: 'final-sent', pages: c.gfns.length, bytes, at: this.now });
+      case 'send-final':
+        this.queue.push(this.sentEvent('final-sent', c.gfns));
         return;
-      }
       case 'wait':
         assert.ok(c.until > this.now - 1e-9, 'wait names a time in the future');
         this.advance(c.until - this.now);
@@ -192,6 +203,7 @@ class Sim {
 
   assertDestinationCurrent(): void {
     for (let p = 0; p < this.o.pageCount; p++) {
+      if (this.o.skip?.(p)) continue; // not the mover's to move
       if (this.dst[p] !== this.src[p]) assert.fail(`page ${p}: destination has version ${this.dst[p]}, source ${this.src[p]}`);
     }
   }
@@ -319,6 +331,39 @@ test('max-bandwidth caps the bytes of each 100 ms window', () => {
   }
   assert.ok(sim.commands.some((c) => c.kind === 'wait'), 'the loop waited for the next window');
   sim.assertDestinationCurrent();
+});
+
+test('skipped pages leave the in-flight count and are not counted as sent: 4 MiB of them under 32 MiB/s (issue 10 item 4)', () => {
+  // 1024 pages the mover skips (4 MiB) are more than one window's budget at 32 MiB/s (3.2 MiB).
+  // Left counted in flight, they held the budget for ever: the loop waited window after window.
+  const pageCount = 4096;
+  const skip = (p: number): boolean => p >= 1024 && p < 2048;
+  const sim = new Sim({
+    pageCount, linkBps: 1e9, dirtyRate: 2_000, workingSet: { first: 0, count: 512 }, skip,
+    params: { 'max-bandwidth': 32 * 2 ** 20, 'downtime-limit': 300 }, engine: { maxInFlight: 3 }, until: 1_000_000 + 60_000,
+  }).run();
+  assert.equal(sim.state.kind, 'completed', `still ${sim.state.kind} after 60 virtual s`);
+  sim.assertDestinationCurrent();
+  for (let p = 1024; p < 2048; p++) assert.equal(sim.sendCount[p], 0, `skipped page ${p} was counted as sent`);
+  const info = precopyInfo(sim.state, sim.now);
+  const moved = sim.sendCount.reduce((a, n) => a + n, 0);
+  assert.equal(info.ram?.normal, moved, 'normal counts the pages that went, not the skipped ones');
+  assert.equal(info.ram?.transferred, sim.sends.reduce((a, x) => a + x.bytes, 0) + (info.ram?.['downtime-bytes'] ?? 0));
+});
+
+test('a sent event that leaves issued pages unaccounted for is refused, not left to hold the budget', () => {
+  let s = initialPrecopyState(64, { 'max-bandwidth': 0 }, {}, { batchPages: 64 });
+  s = precopyStep(s, { kind: 'started', at: 0 }).state;
+  s = precopyStep(s, { kind: 'dirty-synced', dirty: { pageCount: 64, words: new Uint32Array(2) }, at: 0 }).state;
+  assert.equal(s.kind === 'active' ? s.pending.pages : -1, 64);
+  // 60 sent + 4 skipped is the batch: accepted, nothing left in flight.
+  const ok = precopyStep(s, { kind: 'sent', pages: 60, skipped: 4, bytes: 60 * PAGE_SIZE, at: 1 }).state;
+  assert.equal(ok.kind === 'active' || ok.kind === 'device' ? ok.pending.pages : -1, 0);
+  assert.equal(precopyInfo(ok, 1).ram?.normal, 60);
+  // 60 sent and the 4 others not reported: refused.
+  assert.throws(() => precopyStep(s, { kind: 'sent', pages: 60, bytes: 60 * PAGE_SIZE, at: 1 }), { name: 'PrecopyError', kind: 'bad-event' });
+  assert.throws(() => precopyStep(s, { kind: 'sent', pages: 60, skipped: 5, bytes: 1, at: 1 }), { name: 'PrecopyError', kind: 'bad-event' });
+  assert.throws(() => precopyStep(s, { kind: 'sent', pages: 60, skipped: -4, bytes: 1, at: 1 }), { name: 'PrecopyError', kind: 'bad-event' });
 });
 
 test('more than one batch in flight, with the limit respected and the pass still in page order', () => {
