@@ -221,10 +221,14 @@ export function runPrecopy(opts: RunPrecopyOptions): PrecopyHandle {
     }
   }
 
+  /** The mover's answer as an event: pages that went, and the batch's skipped pages apart (the step releases both from in-flight). */
   function sentEvent(kind: 'sent' | 'final-sent', batchPages: number, r: SendResult): PrecopyEvent {
     const at = deps.now();
-    const pages = batchPages - (r.skipped ?? 0);
-    return r.duplicate === undefined ? { kind, pages, bytes: r.bytes, at } : { kind, pages, bytes: r.bytes, duplicate: r.duplicate, at };
+    const skipped = r.skipped ?? 0;
+    const ev: Extract<PrecopyEvent, { kind: 'sent' | 'final-sent' }> = { kind, pages: batchPages - skipped, bytes: r.bytes, at };
+    if (r.duplicate !== undefined) ev.duplicate = r.duplicate;
+    if (skipped !== 0) ev.skipped = skipped;
+    return ev;
   }
 
   async function waitThenTick(until: number): Promise<void> {

@@ -9,26 +9,40 @@
  * The algorithm follows QEMU (migration/migration.c, migration/ram.c, qapi/migration.json):
  *
  *   setup   first dirty sync (starts dirty logging); every page dirty (the bulk stage)
- *   active  passes over the dirty bitmap in page order, `batch-pages` pages per send;
+ *   active  the walk over the dirty bitmap (below), `batch-pages` pages per send;
  *           bandwidth measured per 100 ms window (BUFFER_DELAY) → threshold = bandwidth ×
  *           downtime-limit; `max-bandwidth` caps the bytes of each window (bytes/s ÷ 10);
- *           a dirty sync at each pass end, or earlier once remaining < threshold
+ *           a dirty sync once the bitmap is empty, or earlier once remaining < threshold
  *           (QEMU's pending_exact); after a sync, remaining = 0 or < threshold → switch over;
  *           every sync more than 1 s after the last period end updates dirty-pages-rate and
  *           runs the auto-converge check
  *   device  stop the VM, final dirty sync, send every remaining dirty page (stop-and-copy)
  *   completed | failed | cancelling → cancelled
  *
+ * The walk (ram_find_and_save_block / find_dirty_block): one bitmap of pages dirty and not yet
+ * issued, and one position in it (QEMU's last_seen_block/last_page) that a sync does not move.
+ * From there the walk takes the next dirty pages in page order; past the last page it wraps to
+ * page 0 (QEMU's complete_round). A sync ORs the newly dirtied pages into the bitmap: those ahead
+ * of the position go in this round, those behind it in the next, after the wrap. Restarting at
+ * page 0 on every sync instead sends a hot range at low addresses first after each sync and,
+ * with syncs coming at remaining < threshold, never reaches the pages above it (issue 10).
+ *
+ * A pass is what QEMU calls one: the iteration between two dirty syncs. `dirty-sync-count`
+ * counts the syncs and MIGRATION_PASS {pass: dirty-sync-count} marks each one (ram.c's
+ * migration_bitmap_sync); a pass starts where the walk stood and may run over the end of RAM
+ * and on from page 0. A round of the walk (one trip past the last page) is not a pass and has
+ * no event; the bulk stage is the first round, and it ends in a sync because it empties the
+ * bitmap. A batch never spans the wrap, so its pages are ascending (sendBatch's contract).
+ *
  * Deliberate differences from QEMU, each small: auto-converge needs the trigger on two
  * *consecutive* periods (DESIGN.md §3.3; QEMU never resets its counter on a quiet period);
- * every dirty sync starts a new pass from page 0 over the merged bitmap (QEMU resumes its scan
- * where it was), so "in page order inside a pass" holds; status `device` is entered when the stop
- * is requested rather than when it is done. Sends in flight are drained before every sync and
- * before the stop, the barrier that QEMU's multifd sync gives: two copies of one page from two
- * passes are never in flight together.
+ * status `device` is entered when the stop is requested rather than when it is done. Sends in
+ * flight are drained before every sync and before the stop, the barrier that QEMU's multifd sync
+ * gives: inside a pass a page is issued at most once, so two copies of one page from two passes
+ * are never in flight together.
  *
  * States are values: the step never mutates its arguments (each sync builds a new bitmap; a
- * batch only moves the pass cursor), so a test can keep and compare old states.
+ * batch only moves the walk's position), so a test can keep and compare old states.
  */
 import { PAGE_SIZE, type Gfn } from '../../platform/host-face.js';
 import type { MigrationInfo } from '../qmp/backend.js';
@@ -128,11 +142,15 @@ export type PrecopyOp = 'sync-dirty' | 'send-batch' | 'stop-vm' | 'send-final' |
 export type PrecopyEvent =
   | { kind: 'started'; at: number }
   | { kind: 'dirty-synced'; dirty: DirtyPages; at: number }
-  /** A send-batch finished: its page count, wire bytes, and how many pages went as zero pages. */
-  | { kind: 'sent'; pages: number; bytes: number; duplicate?: number; at: number }
+  /**
+   * A send-batch finished: the pages that went (`normal` + `duplicate`), their wire bytes, how many
+   * of them went as zero pages, and how many pages of the batch the mover `skipped` (not its to
+   * move: shared pages, the MH's own frames). `pages + skipped` is the batch's size.
+   */
+  | { kind: 'sent'; pages: number; bytes: number; duplicate?: number; skipped?: number; at: number }
   | { kind: 'tick'; now: number }
   | { kind: 'vm-stopped'; at: number }
-  | { kind: 'final-sent'; pages: number; bytes: number; duplicate?: number; at: number }
+  | { kind: 'final-sent'; pages: number; bytes: number; duplicate?: number; skipped?: number; at: number }
   | { kind: 'set-parameters'; params: Partial<PrecopyParams> }
   | { kind: 'cancel'; at: number }
   | { kind: 'error'; op: PrecopyOp; message: string; at: number };
@@ -192,11 +210,18 @@ export interface PrecopyStats {
   readonly highCount: number;
 }
 
-/** The current pass: a private copy of the dirty bitmap and the next page to look at. */
-export interface PrecopyPass {
+/**
+ * The dirty bitmap and the walk over it. `bits` is a private copy of the bitmap as the last sync
+ * left it; since that sync the walk has issued its set bits in the cyclic range [from, cursor)
+ * (all of them once `remaining` is 0), so a batch only moves `cursor` and the bits stay shared.
+ */
+export interface PrecopyWalk {
   readonly bits: Uint32Array;
+  /** Where the walk stood at the last sync. */
+  readonly from: number;
+  /** The next page the walk looks at, 0..pageCount-1; kept across syncs (QEMU's last_page). */
   readonly cursor: number;
-  /** Set bits at or after `cursor`: pages still to send in this pass. */
+  /** Dirty pages not issued yet (QEMU's migration_dirty_pages); all lie in [cursor, from) cyclic. */
   readonly remaining: number;
 }
 
@@ -220,9 +245,9 @@ interface Running extends Base {
 export type PrecopyState =
   | ({ kind: 'none' } & Base)
   | ({ kind: 'setup' } & Running)
-  | ({ kind: 'active'; pass: PrecopyPass; waitUntil: number | null } & Running)
-  | ({ kind: 'device'; phase: 'stopping' | 'syncing' | 'sending'; downtimeStart: number; finalPages: number; pass: PrecopyPass } & Running)
-  | ({ kind: 'cancelling'; stopIssued: boolean; downtimeStart: number | null; pass: PrecopyPass | null } & Running)
+  | ({ kind: 'active'; walk: PrecopyWalk; waitUntil: number | null } & Running)
+  | ({ kind: 'device'; phase: 'stopping' | 'syncing' | 'sending'; downtimeStart: number; finalPages: number; walk: PrecopyWalk } & Running)
+  | ({ kind: 'cancelling'; stopIssued: boolean; downtimeStart: number | null; walk: PrecopyWalk | null } & Running)
   | ({ kind: 'completed'; endAt: number; downtime: number } & Running)
   | ({ kind: 'failed'; endAt: number; error: string } & Running)
   | ({ kind: 'cancelled'; endAt: number } & Running);
@@ -360,7 +385,7 @@ function stepSetup(state: S<'setup'>, ev: PrecopyEvent): PrecopyStepResult {
       };
       const active: S<'active'> = {
         kind: 'active', ctx: state.ctx, stats, pending: NOTHING_PENDING, waitUntil: null,
-        pass: { bits, cursor: 0, remaining: n },
+        walk: { bits, from: 0, cursor: 0, remaining: n },
       };
       const r = pump(active, ev.at);
       return { state: r.state, commands: [...passEvent(state.ctx, stats.dirtySyncCount), ...statusEvent(state.ctx, 'active'), ...r.commands] };
@@ -381,10 +406,20 @@ function stepActive(state: S<'active'>, ev: PrecopyEvent): PrecopyStepResult {
     case 'sent': {
       checkTime(ev.at, state, ev);
       checkSent(state, ev, state.pending.pages);
+      // The whole batch leaves the in-flight count, skipped pages too: counted in flight for ever,
+      // they would hold the window's budget and, once more than one window's worth, stall the
+      // loop with nothing sent and no error (issue 10). They are not sent bytes or pages either.
+      const pages = state.pending.pages - ev.pages - (ev.skipped ?? 0);
+      const batches = state.pending.batches - 1;
+      // Nothing is in flight once no batch is: a mover that reports less than it was given would
+      // leak budget the same way, so that is refused here rather than left to stall.
+      if (batches === 0 && pages !== 0) {
+        throw new PrecopyError('bad-event', `event sent leaves ${pages} of the pages issued unaccounted for (pages + skipped must be the batch)`, state.kind, ev.kind);
+      }
       const s: S<'active'> = {
         ...state,
         stats: addSent(state.stats, ev.pages, ev.bytes, ev.duplicate ?? 0, 'precopy'),
-        pending: { ...state.pending, batches: state.pending.batches - 1, pages: state.pending.pages - ev.pages },
+        pending: { ...state.pending, batches, pages },
       };
       return pump(s, ev.at);
     }
@@ -397,7 +432,7 @@ function stepActive(state: S<'active'>, ev: PrecopyEvent): PrecopyStepResult {
       if (!state.pending.sync) return invalid(state, ev);
       checkTime(ev.at, state, ev);
       checkBitmap(state, ev);
-      const { pass, newlyDirty } = mergePass(state.pass, ev.dirty, state.ctx.pageCount);
+      const { walk, newlyDirty } = syncWalk(state.walk, ev.dirty, state.ctx.pageCount);
       let stats: PrecopyStats = {
         ...state.stats,
         dirtySyncCount: state.stats.dirtySyncCount + 1,
@@ -407,9 +442,9 @@ function stepActive(state: S<'active'>, ev: PrecopyEvent): PrecopyStepResult {
       const t = endPeriodIfDue(stats, state.ctx, ev.at);
       stats = t.stats;
       if (t.throttle !== null) commands.push({ kind: 'set-throttle', percent: t.throttle });
-      const s: S<'active'> = { ...state, stats, pass, pending: { ...state.pending, sync: false } };
+      const s: S<'active'> = { ...state, stats, walk, pending: { ...state.pending, sync: false } };
       // migration_iteration_run: after a fresh sync, switch over when what is left fits the downtime.
-      const remainingBytes = pass.remaining * PAGE_SIZE;
+      const remainingBytes = walk.remaining * PAGE_SIZE;
       if (remainingBytes === 0 || remainingBytes < stats.thresholdBytes) {
         const r = switchOver(s, ev.at);
         return { state: r.state, commands: [...commands, ...r.commands] };
@@ -419,7 +454,7 @@ function stepActive(state: S<'active'>, ev: PrecopyEvent): PrecopyStepResult {
     }
     case 'cancel': {
       checkTime(ev.at, state, ev);
-      return settledCancel(toCancelling(state, false, null, state.pass), ev.at, statusEvent(state.ctx, 'cancelling'));
+      return settledCancel(toCancelling(state, false, null, state.walk), ev.at, statusEvent(state.ctx, 'cancelling'));
     }
     case 'error':
       return fail(state, ev.message, ev.at, false);
@@ -442,13 +477,14 @@ function stepDevice(state: S<'device'>, ev: PrecopyEvent): PrecopyStepResult {
       if (state.phase !== 'syncing') return invalid(state, ev);
       checkTime(ev.at, state, ev);
       checkBitmap(state, ev);
-      const { pass } = mergePass(state.pass, ev.dirty, state.ctx.pageCount);
-      const { gfns } = takeBatch(pass.bits, 0, Number.POSITIVE_INFINITY, state.ctx.pageCount);
+      const { walk } = syncWalk(state.walk, ev.dirty, state.ctx.pageCount);
+      // Stop-and-copy: every page still dirty, in page order (the walk's position no longer matters).
+      const gfns = dirtyPages(walk.bits, state.ctx.pageCount);
       const stats = { ...state.stats, dirtySyncCount: state.stats.dirtySyncCount + 1 };
       return {
         state: {
           ...state, stats, phase: 'sending', finalPages: gfns.length,
-          pass: { bits: pass.bits, cursor: state.ctx.pageCount, remaining: 0 },
+          walk: { ...walk, remaining: 0 },
           pending: { ...state.pending, sync: false, final: true },
         },
         commands: [...passEvent(state.ctx, stats.dirtySyncCount), { kind: 'send-final', gfns }],
@@ -461,7 +497,7 @@ function stepDevice(state: S<'device'>, ev: PrecopyEvent): PrecopyStepResult {
       return complete({ ...state, stats: addSent(state.stats, ev.pages, ev.bytes, ev.duplicate ?? 0, 'downtime') }, ev.at, state.downtimeStart);
     }
     case 'cancel':
-      return { state: toCancelling(state, true, state.downtimeStart, state.pass), commands: statusEvent(state.ctx, 'cancelling') };
+      return { state: toCancelling(state, true, state.downtimeStart, state.walk), commands: statusEvent(state.ctx, 'cancelling') };
     case 'error':
       // Before commit the source must run again; the resume-vm hook owns the commit-token check.
       return fail(state, ev.message, ev.at, true);
@@ -490,7 +526,8 @@ function stepCancelling(state: S<'cancelling'>, ev: PrecopyEvent): PrecopyStepRe
       break;
     case 'sent':
       checkSent(state, ev, p.pages);
-      pending = { ...p, batches: p.batches - 1, pages: p.batches === 1 ? 0 : p.pages - ev.pages };
+      // Lenient here: whatever the counts say, the last batch back settles the sends.
+      pending = { ...p, batches: p.batches - 1, pages: p.batches === 1 ? 0 : Math.max(0, p.pages - ev.pages - (ev.skipped ?? 0)) };
       stats = addSent(stats, ev.pages, ev.bytes, ev.duplicate ?? 0, 'precopy');
       at = ev.at;
       break;
@@ -530,9 +567,9 @@ function toCancelling(
   state: S<'setup'> | S<'active'> | S<'device'>,
   stopIssued: boolean,
   downtimeStart: number | null,
-  pass: PrecopyPass | null,
+  walk: PrecopyWalk | null,
 ): S<'cancelling'> {
-  return { kind: 'cancelling', ctx: state.ctx, stats: state.stats, pending: state.pending, stopIssued, downtimeStart, pass };
+  return { kind: 'cancelling', ctx: state.ctx, stats: state.stats, pending: state.pending, stopIssued, downtimeStart, walk };
 }
 
 function isSettled(p: PrecopyPending): boolean {
@@ -584,27 +621,27 @@ function switchOver(state: S<'active'>, at: number): PrecopyStepResult {
   return {
     state: {
       kind: 'device', ctx: state.ctx, stats: state.stats, phase: 'stopping', downtimeStart: at, finalPages: 0,
-      pass: state.pass, pending: { ...state.pending, stop: true },
+      walk: state.walk, pending: { ...state.pending, stop: true },
     },
     commands: [{ kind: 'stop-vm' }, ...statusEvent(state.ctx, 'device')],
   };
 }
 
 /**
- * The send loop (ram_save_iterate + migration_rate_limit): issue batches in page order until the
- * pass is done, the in-flight limit or the window's byte budget is reached; sync when the pass
- * ends or what is left fits under the threshold, after the batches in flight have landed.
+ * The send loop (ram_save_iterate + migration_rate_limit): issue batches along the walk until the
+ * bitmap is empty, the in-flight limit or the window's byte budget is reached; sync when the
+ * bitmap is empty or what is left fits under the threshold, after the batches in flight landed.
  */
 function pump(s0: S<'active'>, at: number | null): PrecopyStepResult {
   const ctx = s0.ctx;
-  const stats = at === null ? s0.stats : updateWindow(s0.stats, ctx, at, s0.pass.remaining);
-  let pass = s0.pass;
+  const stats = at === null ? s0.stats : updateWindow(s0.stats, ctx, at, s0.walk.remaining);
+  let walk = s0.walk;
   let pending = s0.pending;
   let waitUntil = s0.waitUntil;
   const commands: PrecopyCommand[] = [];
   if (!pending.sync) {
     for (;;) {
-      if (pass.remaining === 0 || pass.remaining * PAGE_SIZE < stats.thresholdBytes) {
+      if (walk.remaining === 0 || walk.remaining * PAGE_SIZE < stats.thresholdBytes) {
         if (pending.batches === 0) {
           commands.push({ kind: 'sync-dirty' });
           pending = { ...pending, sync: true };
@@ -621,13 +658,14 @@ function pump(s0: S<'active'>, at: number | null): PrecopyStepResult {
         }
         break;
       }
-      const b = takeBatch(pass.bits, pass.cursor, Math.min(ctx.engine.batchPages, allowed), ctx.pageCount);
-      pass = { bits: pass.bits, cursor: b.cursor, remaining: pass.remaining - b.gfns.length };
+      // Never more than `remaining`: those pages all lie ahead of the walk, before what it issued.
+      const b = takeBatch(walk.bits, walk.cursor, Math.min(ctx.engine.batchPages, allowed, walk.remaining), ctx.pageCount);
+      walk = { ...walk, cursor: b.cursor, remaining: walk.remaining - b.gfns.length };
       pending = { ...pending, batches: pending.batches + 1, pages: pending.pages + b.gfns.length };
       commands.push({ kind: 'send-batch', gfns: b.gfns });
     }
   }
-  return { state: { ...s0, stats, pass, pending, waitUntil }, commands };
+  return { state: { ...s0, stats, walk, pending, waitUntil }, commands };
 }
 
 /** Pages the current window's max-bandwidth budget still allows (counting pages in flight). */
@@ -744,7 +782,11 @@ function checkSent(
     throw new PrecopyError('bad-event', `event ${ev.kind} ${why}`, state.kind, ev.kind);
   };
   if (ev.kind === 'sent' && 'pending' in state && state.pending.batches === 0) bad('arrived with no batch in flight');
-  if (!Number.isSafeInteger(ev.pages) || ev.pages < 0 || ev.pages > maxPages) bad(`reports ${ev.pages} pages, at most ${maxPages} were issued`);
+  const skipped = ev.skipped ?? 0;
+  if (!Number.isSafeInteger(skipped) || skipped < 0) bad(`reports ${skipped} skipped pages`);
+  if (!Number.isSafeInteger(ev.pages) || ev.pages < 0 || ev.pages + skipped > maxPages) {
+    bad(`reports ${ev.pages} pages${skipped > 0 ? ` and ${skipped} skipped` : ''}, at most ${maxPages} were issued`);
+  }
   if (!Number.isSafeInteger(ev.bytes) || ev.bytes < 0) bad(`reports ${ev.bytes} bytes`);
   const d = ev.duplicate ?? 0;
   if (!Number.isSafeInteger(d) || d < 0 || d > ev.pages) bad(`reports ${d} zero pages of ${ev.pages}`);
@@ -779,27 +821,36 @@ export function popcount32(x: number): number {
   return Math.imul((x + (x >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24;
 }
 
-/** Bits of word `w` at page index >= `cursor`. */
-function fromCursorMask(w: number, cursor: number): number {
-  const first = w * 32;
-  if (first >= cursor) return 0xffffffff;
-  if (first + 32 <= cursor) return 0;
-  return (0xffffffff << (cursor - first)) >>> 0;
+/** Bits of word `w` at page index >= `from` and < `to` (0 <= from <= to <= pageCount). */
+function rangeMask(w: number, from: number, to: number): number {
+  const lo = Math.min(32, Math.max(0, from - w * 32));
+  const hi = Math.min(32, Math.max(0, to - w * 32));
+  if (hi <= lo) return 0;
+  const below = (k: number): number => (k === 32 ? 0xffffffff : (1 << k) - 1) >>> 0; // bits 0..k-1
+  return (below(hi) & ~below(lo)) >>> 0;
+}
+
+/** Bits of word `w` the walk has issued since the last sync: [from, cursor) cyclic, or all once none remain. */
+function issuedMask(walk: PrecopyWalk, w: number, pageCount: number): number {
+  if (walk.remaining === 0) return 0xffffffff;
+  if (walk.from <= walk.cursor) return rangeMask(w, walk.from, walk.cursor); // from === cursor: none yet
+  return (rangeMask(w, walk.from, pageCount) | rangeMask(w, 0, walk.cursor)) >>> 0;
 }
 
 /**
- * migration_bitmap_sync: OR the pages dirtied since the last sync into the pages this pass has
- * not sent yet. Returns a new pass from page 0 and how many pages became dirty that were not
- * already pending (QEMU's num_dirty_pages_period increment).
+ * migration_bitmap_sync: OR the pages dirtied since the last sync into the pages not issued yet.
+ * The walk keeps its position (QEMU's last_page): newly dirty pages ahead of it go in this round,
+ * those behind it after the wrap. Also returns how many pages became dirty that were not already
+ * pending (QEMU's num_dirty_pages_period increment).
  */
-function mergePass(old: PrecopyPass, dirty: DirtyPages, pageCount: number): { pass: PrecopyPass; newlyDirty: number } {
+function syncWalk(old: PrecopyWalk, dirty: DirtyPages, pageCount: number): { walk: PrecopyWalk; newlyDirty: number } {
   const n = wordCount(pageCount);
   const bits = new Uint32Array(n);
   let remaining = 0;
   let newlyDirty = 0;
   const r = pageCount % 32;
   for (let w = 0; w < n; w++) {
-    const pendingOld = ((old.bits[w] ?? 0) & fromCursorMask(w, old.cursor)) >>> 0;
+    const pendingOld = ((old.bits[w] ?? 0) & ~issuedMask(old, w, pageCount)) >>> 0;
     // Bits past the last page (in the bitmap's last word) are not pages: drop them.
     const tail = w === n - 1 && r !== 0 ? 2 ** r - 1 : 0xffffffff;
     const incoming = ((dirty.words[w] ?? 0) & tail) >>> 0;
@@ -808,26 +859,53 @@ function mergePass(old: PrecopyPass, dirty: DirtyPages, pageCount: number): { pa
     remaining += popcount32(merged);
     newlyDirty += popcount32((incoming & ~pendingOld) >>> 0);
   }
-  return { pass: { bits, cursor: 0, remaining }, newlyDirty };
+  return { walk: { bits, from: old.cursor, cursor: old.cursor, remaining }, newlyDirty };
 }
 
-/** Up to `max` dirty pages from `cursor` on, in page order, and the cursor after the last one. */
+/**
+ * find_dirty_block: up to `max` dirty pages from `cursor` on, in page order, and the position
+ * after the last one. A batch that holds a page ends at the wrap, so its pages are ascending; an
+ * empty stretch up to the last page is walked over. The caller asks for at most `remaining`
+ * pages, which all lie ahead of the pages already issued.
+ */
 function takeBatch(bits: Uint32Array, cursor: number, max: number, pageCount: number): { gfns: Gfn[]; cursor: number } {
   const gfns: Gfn[] = [];
+  const words = wordCount(pageCount);
   let w = cursor >>> 5;
-  let word = ((bits[w] ?? 0) & fromCursorMask(w, cursor)) >>> 0;
-  for (;;) {
+  let word = ((bits[w] ?? 0) & rangeMask(w, cursor, pageCount)) >>> 0;
+  // One round and the start word again at most: a walk over an empty bitmap stops.
+  for (let seen = 0; seen <= words; seen++) {
     while (word !== 0) {
       const low = (word & -word) >>> 0;
       const page = w * 32 + (31 - Math.clz32(low));
       gfns.push(page as Gfn); // < pageCount: the tail is masked
-      if (gfns.length >= max) return { gfns, cursor: page + 1 };
+      if (gfns.length >= max) return { gfns, cursor: page + 1 < pageCount ? page + 1 : 0 };
       word = (word & (word - 1)) >>> 0;
     }
     w += 1;
-    if (w * 32 >= pageCount) return { gfns, cursor: pageCount };
+    if (w >= words) {
+      if (gfns.length > 0) return { gfns, cursor: 0 };
+      w = 0;
+    }
     word = bits[w] ?? 0;
   }
+  // Only with fewer dirty pages than asked for (never, given `remaining`); with none, the walk stays.
+  const last = gfns[gfns.length - 1];
+  return { gfns, cursor: last === undefined ? cursor : (last + 1) % pageCount };
+}
+
+/** Every set bit, in page order (the stop-and-copy's pages). */
+function dirtyPages(bits: Uint32Array, pageCount: number): Gfn[] {
+  const gfns: Gfn[] = [];
+  for (let w = 0; w < wordCount(pageCount); w++) {
+    let word = bits[w] ?? 0;
+    while (word !== 0) {
+      const low = (word & -word) >>> 0;
+      gfns.push((w * 32 + (31 - Math.clz32(low))) as Gfn);
+      word = (word & (word - 1)) >>> 0;
+    }
+  }
+  return gfns;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,7 +927,7 @@ export function precopyInfo(state: PrecopyState, now: number): MigrationInfo {
     case 'cancelling':
     case 'completed': {
       const st = state.stats;
-      const pass = state.kind === 'completed' ? null : state.pass;
+      const walk = state.kind === 'completed' ? null : state.walk;
       const done = state.kind === 'completed';
       const info: MigrationInfo = {
         status: state.kind,
@@ -857,7 +935,7 @@ export function precopyInfo(state: PrecopyState, now: number): MigrationInfo {
         'total-time': Math.max(0, (done ? state.endAt : now) - st.startAt),
         ram: {
           transferred: st.transferred,
-          remaining: pass ? pass.remaining * PAGE_SIZE : 0,
+          remaining: walk ? walk.remaining * PAGE_SIZE : 0,
           total: state.ctx.pageCount * PAGE_SIZE,
           duplicate: st.duplicate,
           normal: st.normal,
