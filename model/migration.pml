@@ -326,7 +326,7 @@ inline src_abort(m) {
      :: else -> printf("@ src ABORT rec=abort.%d = %d\n", m + 1, st) fi
 }
 
-/* RELEASE (owner-signed, docs/protocol.md §7.6; not yet in the code) for migration m */
+/* RELEASE (owner-signed, docs/protocol.md §7.6; service.ts release) for migration m */
 inline src_release(m) {
   st = 0;
   CHECK(s_role != SOURCE, BadState);                /* idle, or migrated away: nothing to release */
@@ -544,7 +544,7 @@ inline tgt_abort(t) {
   printf("@ tgt%d ABORT = %d\n", t + 1, st)
 }
 
-/* STAND_DOWN (owner-signed, §7.6; not yet in the code) at target t for migration t: from here
+/* STAND_DOWN (owner-signed, §7.6; service.ts standDown) at target t for migration t: from here
    the target never commits; its receipt, sealed for the owner, says which way it went. */
 inline tgt_stand_down(t) {
   st = Ok;
@@ -557,7 +557,8 @@ inline tgt_stand_down(t) {
 #endif
   :: else -> t_imp[t] = Aborted; t_role[t] = DEAD; rc_sd[t] = 1; tgt_clear(t)
   fi;
-  printf("@ tgt%d STAND_DOWN mig=%d = %d\n", t + 1, t + 1, st)
+  if :: rc_cm[t] -> printf("@ tgt%d STAND_DOWN mig=%d = %d receipt=committed\n", t + 1, t + 1, st)
+     :: else -> printf("@ tgt%d STAND_DOWN mig=%d = %d receipt=stood-down\n", t + 1, t + 1, st) fi
 }
 
 /* the owner: on a stood-down receipt (never on the host's word) it releases the source */
@@ -636,8 +637,7 @@ end_host:
               if :: z < NR -> tgt_import(x, y, z) :: else -> skip fi; check_p1() }
   :: atomic { select(x : 0 .. NM - 1); tgt_commit(x); check_p1() }
   :: atomic { select(x : 0 .. NM - 1); tgt_abort(x); check_p1() }
-  /* the owner (NO_OWNER: random runs for the code replay, while STAND_DOWN and RELEASE are
-     specified but not built) */
+  /* the owner (NO_OWNER leaves it out: random runs that spend their steps on the host alone) */
 #ifndef NO_OWNER
   :: atomic { select(x : 0 .. NM - 1); if :: !sd_sent[x] -> sd_sent[x] = 1; owner_stand_down(x) :: else -> skip fi; check_p1() }
 #endif

@@ -96,7 +96,9 @@ export async function migrateAndCheck(o: {
     progress.stop();
   }
   o.record?.onRecord(o.record.recorder.finish({ info: r.info, status: r.status, ...(r.error !== undefined ? { error: r.error } : {}) }));
-  if (r.status !== 'completed') throw new CliError(`migration ${r.status}${r.error ? `: ${r.error}` : ''}`);
+  if (r.status !== 'completed' || r.resolution.outcome !== 'committed') {
+    throw new CliError(`migration ${r.status}${r.error ? `: ${r.error}` : ''}; the owner settled it as ${r.resolution.outcome}: ${r.resolution.detail}`);
+  }
   const info = r.info as { 'total-time'?: number; downtime?: number; ram?: { transferred?: number; 'dirty-sync-count'?: number } };
   // The guest checks itself on the target: every workload vCPU runs its checker.
   await o.target.execute('__com.sevmig_guest-fw-cfg', { name: 'opt/sevmig/check', string: `after-migration ${Date.now()}` });

@@ -5,6 +5,7 @@
  *                             [--ticket-out FILE] [--target-secret-out FILE]
  *   owner instances list [--json] | new --launch LAUNCH --secret-out FILE | secret INSTANCE --out FILE
  *   owner migrations list [--json] | complete MIGRATION | abort MIGRATION
+ *   owner migrations release-source MIGRATION --target-qmp ADDRESS [--source-qmp ADDRESS]
  *
  * As the rest of `sevmig owner`: every input and output path is checked before the store or any
  * file is touched, and user errors are one line.
@@ -26,6 +27,8 @@ import {
   newInstanceSecret,
 } from '../owner/migration.js';
 import { TicketError } from '../protocol/ticket.js';
+import { QmpClient } from '../owner/qmp-client.js';
+import { resolveMigration } from '../owner/migrate.js';
 import { MhSecretError } from '../protocol/mh-secret.js';
 import { CliError } from './errors.js';
 
@@ -44,11 +47,16 @@ async function run(fn: () => void | Promise<void>): Promise<void> {
   }
 }
 
-function withStore<T>(cmd: Command, fn: (s: OwnerStore) => T): T {
+/** The store `--store` (on `sevmig owner`) names. */
+function openStore(cmd: Command): OwnerStore {
   let c: Command | null = cmd;
   while (c !== null && c.name() !== 'owner') c = c.parent;
   const path = c?.opts<{ store?: string }>().store;
-  const store = OwnerStore.open(resolveStorePath(typeof path === 'string' ? path : undefined));
+  return OwnerStore.open(resolveStorePath(typeof path === 'string' ? path : undefined));
+}
+
+function withStore<T>(cmd: Command, fn: (s: OwnerStore) => T): T {
+  const store = openStore(cmd);
   try {
     return fn(store);
   } finally {
@@ -228,5 +236,41 @@ export function registerOwnerMigration(owner: Command): void {
           out(`migration ${m.id}: ${m.state}\n`);
         }),
       );
+  }
+  migrations
+    .command('release-source')
+    .description("settle an unresolved migration on the target MH's word: stand the target down; a committed target is recorded as completed, a stood-down one lets the owner release the held source (docs/protocol.md §7.6)")
+    .argument('<migration>', 'migration id (32 hex digits)')
+    .requiredOption('--target-qmp <address>', "the target host's QMP socket (unix:PATH or tcp:HOST:PORT)")
+    .option('--source-qmp <address>', "the source host's QMP socket (needed to release a held source)")
+    .action((id: string, o: { targetQmp: string; sourceQmp?: string }, cmd: Command) =>
+      run(async () => {
+        if (!/^[0-9a-fA-F]{32}$/.test(id)) throw new InputError('length', 'MIGRATION', `'${id}' is not a migration id (32 hex digits)`);
+        const connect = async (what: string, a: string): Promise<QmpClient> => {
+          try {
+            return await QmpClient.connect(a, { timeoutMs: 10_000, commandTimeoutMs: 30_000 });
+          } catch (e) {
+            throw new CliError(`could not reach the ${what} host at ${a}: ${e instanceof Error ? e.message : String(e)}`);
+          }
+        };
+        const target = await connect('target', o.targetQmp);
+        const source = o.sourceQmp !== undefined ? await connect('source', o.sourceQmp) : null;
+        try {
+          const r = await withStoreAsync(cmd, (s) => resolveMigration(source, target, s, id.toLowerCase()));
+          out(`migration ${id.toLowerCase()}: ${r.outcome}: ${r.detail}\n`);
+          if (r.outcome === 'unresolved') process.exitCode = 1;
+        } finally {
+          await Promise.all([target.close(), source?.close()]);
+        }
+      }),
+    );
+}
+
+async function withStoreAsync<T>(cmd: Command, fn: (s: OwnerStore) => Promise<T>): Promise<T> {
+  const store = openStore(cmd);
+  try {
+    return await fn(store);
+  } finally {
+    store.close();
   }
 }

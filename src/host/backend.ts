@@ -5,6 +5,7 @@
  * (src/host/migration/session.ts does the work; docs/migration.md "Plain migration").
  */
 import { readFileSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import { b64 } from '../protocol/bytes.js';
 import { QmpError } from '../protocol/qmp.js';
 import { dispatchAction, type BackendAction, type QmpBackend, type QmpBackendEvent, type SevInfo, type StatusInfo } from './qmp/backend.js';
@@ -19,6 +20,7 @@ import { startIncoming, startOutgoing, type IncomingMigration, type OutgoingMigr
 import type { PrecopyParams } from './migration/precopy.js';
 import { mhCountOf } from './migration/mh-mover.js';
 import type { MhTestHooks } from './migration/mh-migration.js';
+import { DEFAULT_INCOMING_STALL_MS } from './migration/stall.js';
 
 /**
  * Page movers (x-sevmig-mover): 'plain' for non-confidential guests, 'mh' through the guest's
@@ -32,6 +34,8 @@ const EXTENSION_PARAMETERS: Record<string, (v: JsonValue) => string | null> = {
   'x-sevmig-mover': (v) => (typeof v === 'string' && (PAGE_MOVERS as readonly string[]).includes(v) ? null : `one of ${PAGE_MOVERS.map((m) => `'${m}'`).join(', ')}`),
   // Pages per record the source MH seals (1..512; TDX moves up to 512 per call).
   'x-sevmig-pages-per-record': (v) => (typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 512 ? null : 'an integer in the range of 1 to 512'),
+  // Target: fail an incoming migration that receives nothing for this long (ms; stall.ts).
+  'x-sevmig-incoming-stall-ms': (v) => (typeof v === 'number' && Number.isInteger(v) && v >= 100 && v <= 600_000 ? null : 'an integer in the range of 100 to 600000 (ms)'),
   // The owner's migration ticket for the source MH (base64; the host only carries it).
   'x-sevmig-ticket': (v) => (typeof v === 'string' && v.length <= 4096 && /^[A-Za-z0-9+/]*={0,2}$/.test(v) && v.length % 4 === 0 ? null : 'a base64 string'),
 };
@@ -60,7 +64,7 @@ export interface VmmBackendOptions {
 
 export class VmmBackend implements QmpBackend {
   private readonly listeners = new Set<(e: QmpBackendEvent) => void>();
-  private readonly parameters: Record<string, JsonValue> = { ...DEFAULT_PARAMETERS, 'x-sevmig-mover': 'plain' };
+  private readonly parameters: Record<string, JsonValue> = { ...DEFAULT_PARAMETERS, 'x-sevmig-mover': 'plain', 'x-sevmig-incoming-stall-ms': DEFAULT_INCOMING_STALL_MS };
   private readonly capabilities = new Map<MigrationCapabilityName, boolean>(MIGRATION_CAPABILITIES.map((c) => [c, false]));
   private incoming = false;
   /** QEMU's autostart: a target runs once the migration completes unless `stop` was issued in inmigrate. */
@@ -68,6 +72,8 @@ export class VmmBackend implements QmpBackend {
   private lastCreate: VmCreateArgs | null = null;
   private outgoing: OutgoingMigration | null = null;
   private incomingMig: IncomingMigration | null = null;
+  /** Set when an mh incoming migration failed: the VM stays (its MH answers the owner's stand-down) but never runs. */
+  private incomingFailed: string | null = null;
   /** Capabilities sevmig implements; enabling any other is refused. */
   private static readonly SUPPORTED_CAPS: readonly MigrationCapabilityName[] = ['auto-converge', 'events', 'multifd'];
 
@@ -89,6 +95,8 @@ export class VmmBackend implements QmpBackend {
   }
 
   runState(): RunStateName {
+    // A held source is stopped for the owner, not completing a migration: QEMU's closest is 'paused'.
+    if (this.outgoing?.held()) return 'paused';
     return this.vmm.current ? (this.incoming && this.vmm.runState === 'prelaunch' ? 'inmigrate' : this.vmm.runState) : 'prelaunch';
   }
 
@@ -172,6 +180,9 @@ export class VmmBackend implements QmpBackend {
     void mig.done.then(async (r) => {
       if (r.status === 'completed') {
         await this.vmm.finishOutgoing().catch((e: unknown) => log?.(`after migration: ${e instanceof Error ? e.message : String(e)}`));
+      } else if (mig.held()) {
+        // Safety before liveness: the vCPUs stay stopped until the owner's release (or a COMMIT).
+        log?.(`migration failed after the start token: the source is held for the owner (${mig.held()?.['migration-id']})`);
       } else if (this.vmm.runState === 'finish-migrate') {
         // The driver resumes a stopped source; make sure nothing is left half-way.
         await this.vmm.resumeAfterMigration().catch(() => undefined);
@@ -182,6 +193,7 @@ export class VmmBackend implements QmpBackend {
   private async migrateIncoming(uri: MigrateUri): Promise<void> {
     const vm = this.vmm.current;
     if (!vm) throw new QmpError('GenericError', 'migrate-incoming needs a VM');
+    if (this.incomingFailed !== null) throw new QmpError('GenericError', `This target's incoming migration failed (${this.incomingFailed}); its MH never imports again: the owner launches a new target`);
     const mover = this.parameters['x-sevmig-mover'] as PageMoverName;
     if (vm.options.sevType !== 'none' && mover === 'plain') throw new QmpError('GenericError', `Incoming migration of a '${vm.options.sevType}' guest needs the 'mh' or 'psp' page mover (x-sevmig-mover)`);
     if (mover === 'psp' && !vm.options.pspReceive) throw new QmpError('GenericError', "The 'psp' page mover needs a target created to receive through the PSP (vm-create 'psp-receive': true)");
@@ -191,7 +203,7 @@ export class VmmBackend implements QmpBackend {
     const log = this.opts.log;
     try {
       this.incomingMig = await startIncoming(
-        { uri, pageChannels: this.pageChannels(), events: this.cap('events'), mover, mhCount },
+        { uri, pageChannels: this.pageChannels(), events: this.cap('events'), mover, mhCount, stallTimeoutMs: this.parameters['x-sevmig-incoming-stall-ms'] as number },
         {
           machine: vm.machine,
           ...(mover === 'psp' ? { psp: { face: this.vmm.platform.psp, adopt: (h: GuestHandle) => this.vmm.adoptReceivedGuest(h) } } : {}),
@@ -200,12 +212,17 @@ export class VmmBackend implements QmpBackend {
             else await this.vmm.finishIncoming(states, this.autostart);
             this.incoming = false;
           },
-          discard: async () => {
+          discard: async (reason) => {
+            // The target MH must live on to answer the owner's STAND_DOWN (docs/protocol.md §7.6):
+            // only its word lets the owner release a held source. It has aborted and never runs.
+            if (mover === 'mh') {
+              this.incomingFailed = reason;
+              return;
+            }
             await this.vmm.discardVm();
-            // A confidential target cannot be re-created by the host (the owner launches and
-            // attests a new one); a plain one comes back clean for another migrate-incoming.
+            // Back clean for another migrate-incoming.
             const args = this.lastCreate;
-            if (args && mover !== 'mh') this.create(args);
+            if (args) this.create(args);
           },
           emit: (e) => this.emit(e),
           ...(log ? { log } : {}),
@@ -244,6 +261,9 @@ export class VmmBackend implements QmpBackend {
         return {};
       },
       cont: async () => {
+        const held = this.outgoing?.held();
+        if (held) throw new QmpError('GenericError', `The source is held for its owner: ${held.reason}. ${held.resolve}`);
+        if (this.incomingFailed !== null) throw new QmpError('GenericError', `The incoming migration failed (${this.incomingFailed}): this target never runs; the owner stands it down, then quit`);
         if (this.runState() === 'inmigrate') {
           this.autostart = true; // QEMU: cont during an incoming migration runs the guest once it arrives
           return {};
@@ -335,10 +355,33 @@ export class VmmBackend implements QmpBackend {
         this.wrapSync(() => this.vmm.setGuestFwCfg(a.name, a.data));
         return {};
       },
+      '__com.sevmig_migration-release': async (a) => {
+        if (!this.outgoing) throw new QmpError('GenericError', 'No outgoing migration to release');
+        try {
+          await this.outgoing.release(a.release);
+        } catch (e) {
+          throw new QmpError('GenericError', `Release refused: ${e instanceof Error ? e.message : String(e)}`);
+        }
+        return {};
+      },
+      '__com.sevmig_migration-stand-down': async (a) => {
+        if (!this.incomingMig) throw new QmpError('GenericError', 'No incoming migration to stand down');
+        try {
+          return { receipt: b64(await this.incomingMig.standDown(a.request)) };
+        } catch (e) {
+          throw new QmpError('GenericError', `Stand-down refused: ${e instanceof Error ? e.message : String(e)}`);
+        }
+      },
     });
   }
 
   private create(a: VmCreateArgs): void {
+    // Untouched guest pages cost nothing, so an impossible size would only fail later, in the
+    // middle of a migration or a prealloc: refuse what this host could never hold.
+    const hostBytes = totalmem();
+    if (a.memoryBytes > hostBytes) {
+      throw new QmpError('GenericError', `Guest memory of ${fmtBytes(a.memoryBytes)} exceeds this host's ${fmtBytes(hostBytes)} of RAM`);
+    }
     let firmware: Uint8Array;
     if (a.firmware !== undefined) {
       try {
@@ -383,6 +426,10 @@ export class VmmBackend implements QmpBackend {
       throw toQmpError(e);
     }
   }
+}
+
+function fmtBytes(n: number): string {
+  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(0)} MiB`;
 }
 
 function toQmpError(e: unknown): unknown {

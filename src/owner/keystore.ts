@@ -10,7 +10,7 @@
  * - Secrets leave this module only through the methods whose names say so (`launchKeys`,
  *   `ownerSigningKey`, `instanceKeys`); listings and summaries carry no secret.
  *
- * Tables (schema version 2):
+ * Tables (schema version 3):
  *
  * | table | columns |
  * |---|---|
@@ -21,6 +21,7 @@
  *
  * Version 2 (issue 3) adds instance state `pending` (a migration target provisioned but not yet
  * committed) and the `migrations` table, with at most one `authorized` migration per source.
+ * Version 3 (issue 10) adds migration states `unresolved` (still open) and `released`.
  */
 import Database from 'better-sqlite3';
 import { createHash, generateKeyPairSync, createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
@@ -103,7 +104,15 @@ export interface InstanceSummary {
   parentInstance: string | null;
 }
 
-export const MIGRATION_STATES = ['authorized', 'completed', 'aborted'] as const;
+/**
+ * authorized  ticket issued, outcome not known yet
+ * unresolved  the migration failed and the owner could not learn from the target MH whether it
+ *             committed: both instances keep their keys until `release-source`/`resolve` settles it
+ * completed   the target committed (its receipt or the source's completion said so)
+ * aborted     the target never committed (its stood-down receipt, or it was never reached)
+ * released    as aborted, and the held source was released with the owner's RELEASE
+ */
+export const MIGRATION_STATES = ['authorized', 'unresolved', 'completed', 'aborted', 'released'] as const;
 export type MigrationState = (typeof MIGRATION_STATES)[number];
 
 /** A migration the owner authorized. Nothing in it is secret (the ticket is public by design). */
@@ -214,6 +223,24 @@ const MIGRATIONS: readonly string[] = [
    );
    -- one open authorization per source: a second one would let a hostile host pick between targets
    CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state = 'authorized';`,
+  // 2 → 3: migration states 'unresolved' and 'released' (docs/protocol.md §7.6); an unresolved
+  // migration is still open (the source may not be authorized again until it is settled).
+  `CREATE TABLE migrations_v3 (
+     id TEXT PRIMARY KEY CHECK (length(id) = 32),
+     created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL,
+     source_instance TEXT NOT NULL REFERENCES instances(id),
+     target_instance TEXT NOT NULL UNIQUE REFERENCES instances(id),
+     features INTEGER NOT NULL CHECK (features BETWEEN 0 AND 4294967295),
+     not_before INTEGER NOT NULL,
+     not_after INTEGER NOT NULL,
+     ticket BLOB NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('authorized','unresolved','completed','aborted','released'))
+   );
+   INSERT INTO migrations_v3 SELECT id, created_at, updated_at, source_instance, target_instance, features, not_before, not_after, ticket, state FROM migrations;
+   DROP TABLE migrations;
+   ALTER TABLE migrations_v3 RENAME TO migrations;
+   CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state IN ('authorized','unresolved');`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -644,20 +671,31 @@ export class OwnerStore {
   /** The source's authorized-but-unfinished migration, if any. */
   openMigrationOf(sourceInstance: string): MigrationRecord | null {
     const row = this.db
-      .prepare("SELECT * FROM migrations WHERE source_instance = ? AND state = 'authorized'")
+      .prepare("SELECT * FROM migrations WHERE source_instance = ? AND state IN ('authorized','unresolved')")
       .get(sourceInstance) as MigrationRow | undefined;
     return row === undefined ? null : migrationFromRow(row);
   }
 
-  /**
-   * Closes an authorized migration, atomically with its instances:
-   * - `completed`: source active → migrated-away (key erased), target pending → active;
-   * - `aborted`: target pending → destroyed (key erased), the source stays active.
-   */
-  closeMigration(id: string, outcome: 'completed' | 'aborted'): MigrationRecord {
+  /** An open migration whose outcome the owner could not learn: both instances keep their keys. */
+  markUnresolved(id: string): MigrationRecord {
     this.atomically(() => {
       const m = this.getMigration(id);
-      if (m.state !== 'authorized') throw new KeystoreError('bad-state', `migration ${id} is '${m.state}', not authorized`);
+      if (m.state !== 'authorized' && m.state !== 'unresolved') throw new KeystoreError('bad-state', `migration ${id} is '${m.state}', not open`);
+      this.db.prepare("UPDATE migrations SET state = 'unresolved', updated_at = ? WHERE id = ?").run(now(), id);
+    });
+    return this.getMigration(id);
+  }
+
+  /**
+   * Closes an open (authorized or unresolved) migration, atomically with its instances:
+   * - `completed`: source active → migrated-away (key erased), target pending → active;
+   * - `aborted`, `released`: target pending → destroyed (key erased), the source stays active.
+   * One transaction, so the store never holds both a release and a commit for one migration.
+   */
+  closeMigration(id: string, outcome: 'completed' | 'aborted' | 'released'): MigrationRecord {
+    this.atomically(() => {
+      const m = this.getMigration(id);
+      if (m.state !== 'authorized' && m.state !== 'unresolved') throw new KeystoreError('bad-state', `migration ${id} is '${m.state}', not open`);
       if (outcome === 'completed') {
         this.moveInstance(m.sourceInstance, ['active'], 'migrated-away');
         this.moveInstance(m.targetInstance, ['pending'], 'active');

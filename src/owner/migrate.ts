@@ -7,15 +7,21 @@
  *      the source, and a ticket for the source) and inject the target's launch secret;
  *   2. target: `migrate-incoming` (the target's MH boots and waits for its source);
  *   3. source: hand it the ticket (`x-sevmig-ticket`, the HV only carries it) and `migrate`;
- *   4. poll `query-migrate` until completed or failed; record the outcome in the key store
- *      (completed: the source identity is erased, the target's becomes active).
+ *   4. poll `query-migrate` until completed or failed;
+ *   5. settle it on the target MH's word, never on a host's report ({@link resolveMigration}):
+ *      STAND_DOWN to the target, whose receipt says committed (record completed: the source
+ *      identity is erased, the target's becomes active) or stood down (it never commits: a held
+ *      source gets the owner's RELEASE, the target identity is destroyed). No receipt (the target
+ *      host is gone or refuses): `unresolved`, both identities kept, and the result names the
+ *      command that settles it later.
  */
 import { b64 } from '../protocol/bytes.js';
 import type { QmpClient } from './qmp-client.js';
 import type { JsonObject } from '../protocol/qmp.js';
 import type { OwnerStore } from './keystore.js';
 import { launchGuest, type GuestLaunchOptions, type GuestLaunchReport } from './launch.js';
-import { abortMigration, authorizeMigration, completeMigration, type MigrationAuthorization } from './migration.js';
+import { authorizeMigration, checkReceipt, releaseFor, standDownRequest, type MigrationAuthorization } from './migration.js';
+import { fromB64 } from '../protocol/bytes.js';
 import { OwnerError } from './attest.js';
 
 export interface MigrationProgress {
@@ -43,7 +49,10 @@ export interface OwnerMigrateOptions {
 }
 
 export interface OwnerMigrateResult {
+  /** What the source host reported. */
   status: 'completed' | 'failed' | 'cancelled';
+  /** What the owner settled, on the target MH's receipt. */
+  resolution: Resolution;
   migrationId: string;
   targetInstance: string;
   targetLaunch: GuestLaunchReport;
@@ -53,6 +62,7 @@ export interface OwnerMigrateResult {
 
 interface MigrateInfo {
   status?: string;
+  'x-sevmig-held'?: { reason?: string; 'migration-id'?: string };
   ram?: { transferred?: number; remaining?: number; total?: number; mbps?: number; 'dirty-sync-count'?: number };
   'expected-downtime'?: number;
   'error-desc'?: string;
@@ -106,10 +116,10 @@ export async function migrateGuest(source: QmpClient, target: QmpClient, store: 
       await new Promise((r) => setTimeout(r, 100));
     }
     const status = info.status as 'completed' | 'failed' | 'cancelled';
-    if (status === 'completed') completeMigration(store, a.migrationId);
-    else abortMigration(store, a.migrationId);
+    const resolution = await resolveMigration(source, target, store, a.migrationId);
     return {
       status,
+      resolution,
       migrationId: a.migrationId,
       targetInstance: a.targetInstanceId,
       targetLaunch,
@@ -117,11 +127,78 @@ export async function migrateGuest(source: QmpClient, target: QmpClient, store: 
       ...(info['error-desc'] ? { error: info['error-desc'] } : {}),
     };
   } catch (e) {
-    try {
-      abortMigration(store, a.migrationId);
-    } catch {
-      /* already closed */
-    }
+    // Whatever went wrong on the owner's side, the outcome is settled only on the target's word.
+    await resolveMigration(source, target, store, a.migrationId).catch(() => undefined);
     throw e;
   }
+}
+
+export interface Resolution {
+  /** The migration's state in the owner store afterwards. */
+  outcome: 'committed' | 'released' | 'aborted' | 'unresolved';
+  detail: string;
+}
+
+const resolveHint = (id: string) =>
+  `settle it later with: sevmig owner migrations release-source ${id} --source-qmp ADDRESS --target-qmp ADDRESS`;
+
+/**
+ * Settles an open migration on the target MH's receipt (docs/protocol.md §7.6): committed →
+ * completed; stood down → the held source (if the source host says it is held) gets the RELEASE
+ * and the migration is released, else aborted. The host's reports only decide whom to ask; the
+ * store changes only on a receipt checked under the target identity. Without one: unresolved.
+ */
+export async function resolveMigration(source: QmpClient | null, target: QmpClient | null, store: OwnerStore, migrationId: string): Promise<Resolution> {
+  const m = store.getMigration(migrationId);
+  if (m.state === 'completed') return { outcome: 'committed', detail: 'already settled: the target committed' };
+  if (m.state === 'aborted' || m.state === 'released') return { outcome: m.state, detail: 'already settled: the target stood down' };
+  if (target === null) {
+    store.markUnresolved(m.id);
+    return { outcome: 'unresolved', detail: `no target host to ask; ${resolveHint(m.id)}` };
+  }
+  let receipt: Uint8Array;
+  try {
+    const r = await target.execute<{ receipt: string }>('__com.sevmig_migration-stand-down', { request: b64(standDownRequest(store, m.id)) });
+    receipt = fromB64(r.receipt);
+  } catch (e) {
+    store.markUnresolved(m.id);
+    return { outcome: 'unresolved', detail: `the target did not stand down (${errText(e)}): if its host is gone for good, the guest may be lost (the honest limit, docs/protocol.md §7.6); else ${resolveHint(m.id)}` };
+  }
+  let said: 'committed' | 'stood-down';
+  try {
+    said = checkReceipt(store, m.id, receipt);
+  } catch (e) {
+    store.markUnresolved(m.id);
+    return { outcome: 'unresolved', detail: `the target host returned no valid receipt (${errText(e)}); ${resolveHint(m.id)}` };
+  }
+  if (said === 'committed') {
+    store.closeMigration(m.id, 'completed');
+    return { outcome: 'committed', detail: 'the target MH committed: the guest lives on the target; the source identity is erased' };
+  }
+  // Stood down: the target never commits. A held source must hear that from the owner.
+  let held = false;
+  if (source !== null) {
+    try {
+      held = (await source.execute<MigrateInfo>('query-migrate'))['x-sevmig-held'] !== undefined;
+    } catch (e) {
+      store.markUnresolved(m.id);
+      return { outcome: 'unresolved', detail: `the target stood down, but the source host did not answer (${errText(e)}); ${resolveHint(m.id)}` };
+    }
+  }
+  if (!held) {
+    store.closeMigration(m.id, 'aborted');
+    return { outcome: 'aborted', detail: 'the target MH stood down (it never committed); the source was not held' };
+  }
+  try {
+    await (source as QmpClient).execute('__com.sevmig_migration-release', { release: b64(releaseFor(store, m.id, receipt)) });
+  } catch (e) {
+    store.markUnresolved(m.id);
+    return { outcome: 'unresolved', detail: `the target stood down, but the release did not reach the source MH (${errText(e)}); ${resolveHint(m.id)}` };
+  }
+  store.closeMigration(m.id, 'released');
+  return { outcome: 'released', detail: 'the target MH stood down; the source MH took the owner\'s release and the guest runs on the source' };
+}
+
+function errText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }

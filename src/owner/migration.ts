@@ -18,7 +18,8 @@ import { randomBytes } from 'node:crypto';
 import { MH_SECRET_GUID, encodeMhSecret } from '../protocol/mh-secret.js';
 import { MIGRATION_ID_SIZE, TICKET_KNOWN_FEATURES, TicketFeature, signTicket, type TicketBody } from '../protocol/ticket.js';
 import { PolicyBit } from '../protocol/sev/policy.js';
-import { wipe } from '../protocol/bytes.js';
+import { fromHex, wipe } from '../protocol/bytes.js';
+import { ReceiptOutcome, receiptHash, signRelease, signStandDown, verifyReceipt } from '../protocol/release.js';
 import { KeystoreError, type MigrationRecord, type OwnerStore } from './keystore.js';
 
 export type MigrationErrorKind =
@@ -28,7 +29,8 @@ export type MigrationErrorKind =
   | 'policy' // NOSEND, or the target's policy differs from the source's
   | 'features' // unknown feature bits
   | 'ttl' // validity out of range
-  | 'pending'; // the source already has an open authorization
+  | 'pending' // the source already has an open authorization
+  | 'committed'; // a release was asked for a migration whose target committed
 
 export class MigrationError extends Error {
   override readonly name = 'MigrationError';
@@ -186,6 +188,43 @@ export function completeMigration(store: OwnerStore, migrationId: string | Uint8
 /** The migration failed or was cancelled: the target's identity is destroyed, the source stays active. */
 export function abortMigration(store: OwnerStore, migrationId: string | Uint8Array): MigrationRecord {
   return store.closeMigration(idText(migrationId), 'aborted');
+}
+
+// ---- the owner's way out (docs/protocol.md §7.6) ---------------------------------------------
+
+/** STAND_DOWN for the migration's target instance, signed by the owner (the target host carries it to its MH). */
+export function standDownRequest(store: OwnerStore, migrationId: string): Uint8Array {
+  const m = store.getMigration(idText(migrationId));
+  return signStandDown({ migrationId: fromHex(m.id), targetPublic: store.getInstance(m.targetInstance).mhPublic }, store.ownerSigningKey());
+}
+
+/**
+ * Checks a receipt the target host carried back, under the target identity the owner generated
+ * (a host cannot make one). Changes nothing in the store: the caller settles with it.
+ */
+export function checkReceipt(store: OwnerStore, migrationId: string, receipt: Uint8Array): 'committed' | 'stood-down' {
+  const m = store.getMigration(idText(migrationId));
+  const target = store.getInstance(m.targetInstance);
+  if (target.state !== 'pending' && target.state !== 'active') {
+    throw new KeystoreError('bad-state', `target instance '${target.id}' is '${target.state}': its identity is gone, no receipt of it can be checked`);
+  }
+  const { mhPrivate } = store.instanceKeys(target.id);
+  try {
+    const r = verifyReceipt(receipt, { identityPrivate: mhPrivate, migrationId: fromHex(m.id), targetPublic: target.mhPublic });
+    return r.outcome === ReceiptOutcome.COMMITTED ? 'committed' : 'stood-down';
+  } finally {
+    wipe(mhPrivate);
+  }
+}
+
+/**
+ * RELEASE for the migration's source, bound to the stood-down receipt it answers. Only with such
+ * a receipt (checked here again): the owner never releases on a host's word.
+ */
+export function releaseFor(store: OwnerStore, migrationId: string, receipt: Uint8Array): Uint8Array {
+  if (checkReceipt(store, migrationId, receipt) !== 'stood-down') throw new MigrationError('committed', `migration ${migrationId} committed: its source is never released`);
+  const m = store.getMigration(idText(migrationId));
+  return signRelease({ migrationId: fromHex(m.id), sourcePublic: store.getInstance(m.sourceInstance).mhPublic, receiptHash: receiptHash(receipt) }, store.ownerSigningKey());
 }
 
 /** The instance and its ancestors, oldest first (A, B, C for A→B→C). */

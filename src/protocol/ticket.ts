@@ -160,7 +160,8 @@ export function encodeTicketBody(b: TicketBody): Uint8Array {
 const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex');
 const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex');
 
-function privateKeyObject(k: Uint8Array | KeyObject): KeyObject {
+/** Raw 32-byte Ed25519 private key (seed) or KeyObject → KeyObject. */
+export function privateKeyObject(k: Uint8Array | KeyObject): KeyObject {
   if (k instanceof Uint8Array) {
     if (k.byteLength !== KEY) throw new TicketError('format', `owner private key must be ${KEY} raw bytes, got ${k.byteLength}`);
     return createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, k]), format: 'der', type: 'pkcs8' });

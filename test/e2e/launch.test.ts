@@ -124,7 +124,7 @@ test('a secret too large for the firmware\'s secret area is refused by the owner
   }
 });
 
-test('a bad firmware image is rejected with a clear error and leaves no VM behind', async () => {
+test('a bad firmware image, or more memory than the host has, is rejected with a clear error and leaves no VM behind', async () => {
   const rig = await startRig();
   try {
     const bad = join(rig.dir, 'bad.bin');
@@ -138,6 +138,11 @@ test('a bad firmware image is rejected with a clear error and leaves no VM behin
     await assert.rejects(
       rig.client.execute('__com.sevmig_vm-create', { memory: 64 * MiB, vcpus: 1, 'sev-type': 'sev', firmware: join(rig.dir, 'missing.bin') }),
       (e: unknown) => e instanceof QmpError && /Could not open firmware/.test(e.desc),
+    );
+    // More memory than the host has: refused up front, not at the first touch or mid-migration.
+    await assert.rejects(
+      rig.client.execute('__com.sevmig_vm-create', { memory: '1T', vcpus: 1, 'sev-type': 'sev' }),
+      (e: unknown) => e instanceof QmpError && /exceeds this host's .* of RAM/.test(e.desc),
     );
     assert.equal(rig.vmm.current, null);
     await launch(rig); // and the host still works

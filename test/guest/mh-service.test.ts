@@ -15,6 +15,8 @@ import { FW_CFG_CHECK } from '../../src/guest/workloads/common.js';
 import { randomBytes } from 'node:crypto';
 import { allAeadBackends } from '../../src/native/aead.js';
 import { x25519PublicKey } from '../../src/protocol/noise.js';
+import { decodeTicket } from '../../src/protocol/ticket.js';
+import { RECEIPT_SIZE, ReceiptOutcome, receiptHash, signRelease, signStandDown, verifyReceipt } from '../../src/protocol/release.js';
 import { bootFreshTarget, bootGuest, bootPair, call, MiB, ownerKeys, ticketFor, type Guest, type Pair } from './mh-service-rig.js';
 
 const PAGES_PER_RECORD = 512;
@@ -257,3 +259,107 @@ function pageReader(g: Guest) {
     readU32: (a: number) => new DataView(g.plain(Math.floor(a / 4096)).buffer).getUint32(a % 4096, true),
   } as never;
 }
+
+// ---- the owner's way out of a held source (docs/protocol.md §7.6) ----------------------------
+
+const migrationIdOf = (ticket: Uint8Array) => decodeTicket(ticket).body.migrationId;
+
+/** Pre-copy of every page, stop, vCPU states and the start token, imported: the target is Started. */
+async function upToStart(s: Session): Promise<void> {
+  const { source } = s.pair;
+  const all: number[] = [];
+  for (let g = 0; g < source.region.pages; g++) if (source.migratable(g)) all.push(g);
+  source.machine.memory.syncDirtyLog();
+  await sendPages(s, all, 0);
+  await endEpoch(s, 0);
+  assert.equal((await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.QUIESCE })).c.status, S.Ok, 'quiesce');
+  await source.machine.pause(5000, [0]);
+  await sendPages(s, dirtyMigratable(source), 1);
+  for (let i = 0; i < source.spec.vcpus; i++) {
+    const v = await call(srcFor(s, 1), { op: Op.ExportVcpu, stream: 1, epoch: 1, vcpu: i });
+    assert.equal(v.c.status, S.Ok, `EXPORT_VCPU ${i}`);
+    await importOk(s, v.out, `VCPU_STATE ${i}`);
+  }
+  await endEpoch(s, 1);
+  const st = await call(s.src[0] as HostMailbox, { op: Op.Token, stream: TokenKind.START, epoch: 1 });
+  assert.equal(st.c.status, S.Ok, 'START_TOKEN');
+  await importOk(s, st.out, 'START_TOKEN');
+}
+
+test('held after the start token (no COMMIT, no ABORT): the owner stands the target down, its receipt says so, the release resumes the source, which migrates again', { timeout: 120_000 }, async () => {
+  const cmdline = 'workload=ab mh=2';
+  const pair = await bootPair({ memoryBytes: 64 * MiB, vcpus: 3, mh: 2, cmdline });
+  let t2: Guest | null = null;
+  try {
+    const { source, target, owner } = pair;
+    await waitUntil('the source workload to run', 10_000, () => source.serial.some((l) => l.startsWith('sevmig-stats')));
+    const s = await handshake(pair);
+    await upToStart(s);
+    const src0 = s.src[0] as HostMailbox;
+    const mid = migrationIdOf(pair.ticket);
+    const targetPublic = x25519PublicKey(target.spec.identity);
+    const sourcePublic = x25519PublicKey(pair.sourceIdentity);
+    // The connection is gone: the host alone cannot resume the source, and a release needs the session's migration.
+    assert.equal((await call(src0, { op: Op.Token, stream: TokenKind.RESUME })).c.status, S.BadState, 'RESUME after the start token');
+    const release = (m: Uint8Array, receipt: Uint8Array) => signRelease({ migrationId: m, sourcePublic, receiptHash: receiptHash(receipt) }, owner.priv);
+
+    // The target's word: stood down, with the start token it verified; from now on it never commits.
+    const sd = signStandDown({ migrationId: mid, targetPublic }, owner.priv);
+    const forged = signStandDown({ migrationId: mid, targetPublic }, ownerKeys().priv);
+    assert.equal((await call(s.tgt0, { op: Op.StandDown }, forged)).c.status, S.Refused, 'a stand-down the owner did not sign');
+    const r1 = await call(s.tgt0, { op: Op.StandDown }, sd);
+    assert.equal(r1.c.status, S.Ok, `STAND_DOWN (detail ${r1.c.detail})`);
+    assert.equal(r1.out.byteLength, RECEIPT_SIZE);
+    const receipt = verifyReceipt(r1.out, { identityPrivate: target.spec.identity, migrationId: mid, targetPublic });
+    assert.equal(receipt.outcome, ReceiptOutcome.STOOD_DOWN);
+    assert.ok(receipt.startHash.some((b) => b !== 0), 'the receipt names the start token the target verified');
+    assert.equal((await call(s.tgt0, { op: Op.Commit }, undefined, 1)).c.status, S.BadState, 'no COMMIT after standing down');
+    const r2 = await call(s.tgt0, { op: Op.StandDown }, sd);
+    assert.deepEqual(r2.out, r1.out, 'a repeated STAND_DOWN gets the same receipt');
+    assert.equal((await call(s.tgt0, { op: Op.StandDown }, signStandDown({ migrationId: new Uint8Array(16).fill(9), targetPublic }, owner.priv))).c.status, S.Refused, 'a stand-down of another migration');
+
+    // The source: only the owner's release of this very migration, over its own key.
+    assert.equal((await call(src0, { op: Op.Release }, release(new Uint8Array(16).fill(9), r1.out))).c.status, S.Refused, 'a release of another migration');
+    assert.equal((await call(src0, { op: Op.Release }, signRelease({ migrationId: mid, sourcePublic: targetPublic, receiptHash: receiptHash(r1.out) }, owner.priv))).c.status, S.Refused, 'a release for another source');
+    const bad = release(mid, r1.out);
+    bad[100] = (bad[100] as number) ^ 1;
+    assert.equal((await call(src0, { op: Op.Release }, bad)).c.status, S.Refused, 'a release with a broken signature');
+    assert.equal((await call(src0, { op: Op.Release }, release(mid, r1.out))).c.status, S.Ok, 'RELEASE');
+    assert.equal((await call(src0, { op: Op.Release }, release(mid, r1.out))).c.status, S.BadState, 'a second RELEASE: no session left');
+    assert.equal(mhState(pageReader(source)), MhState.PROVISIONED, 'session keys dropped, identity kept');
+
+    // The guest runs on where it was, and can move again.
+    await source.machine.run();
+    const stats0 = source.serial.filter((l) => l.startsWith('sevmig-stats')).length;
+    await waitUntil('the source workload to go on after the release', 10_000, () => source.serial.filter((l) => l.startsWith('sevmig-stats')).length > stats0);
+    const fresh = await bootFreshTarget(pair);
+    t2 = fresh.target;
+    await migrateAll(await handshake(pair, fresh.target, fresh.ticket), cmdline);
+  } finally {
+    await Promise.all([pair.close(), t2?.destroy()]);
+  }
+});
+
+test('committed: a stand-down gets a committed receipt (the owner never releases), and the source that took the COMMIT refuses any release', { timeout: 120_000 }, async () => {
+  const cmdline = 'workload=ab mh=2';
+  const pair = await bootPair({ memoryBytes: 64 * MiB, vcpus: 3, mh: 2, cmdline });
+  try {
+    const { source, target, owner } = pair;
+    await waitUntil('the source workload to run', 10_000, () => source.serial.some((l) => l.startsWith('sevmig-stats')));
+    const s = await handshake(pair);
+    await migrateAll(s, cmdline);
+    const mid = migrationIdOf(pair.ticket);
+    const targetPublic = x25519PublicKey(target.spec.identity);
+    const r = await call(s.tgt0, { op: Op.StandDown }, signStandDown({ migrationId: mid, targetPublic }, owner.priv));
+    assert.equal(r.c.status, S.Ok, `STAND_DOWN (detail ${r.c.detail})`);
+    assert.equal(verifyReceipt(r.out, { identityPrivate: target.spec.identity, migrationId: mid, targetPublic }).outcome, ReceiptOutcome.COMMITTED);
+    const rel = signRelease({ migrationId: mid, sourcePublic: x25519PublicKey(pair.sourceIdentity), receiptHash: receiptHash(r.out) }, owner.priv);
+    assert.equal((await call(s.src[0] as HostMailbox, { op: Op.Release }, rel)).c.status, S.BadState, 'the migrated-away source');
+    // The committed target is the guest now: it still runs (a stand-down after commit changes nothing).
+    const abFirst = workloadRange(workloadCmdline(parseCmdline(cmdline), source.spec.memoryBytes, 3), source.spec.memoryBytes, 3).start / 4096;
+    const first = target.plain(abFirst)[0];
+    await waitUntil('the target workload to go on', 10_000, () => target.plain(abFirst)[0] !== first);
+  } finally {
+    await pair.close();
+  }
+});

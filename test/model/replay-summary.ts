@@ -1,6 +1,6 @@
 /**
  * Shared by the model replay tests: a small worker pool, de-duplication of traces, and the
- * summary every run prints (traces, ops, held back, mutant steps, each disagreement in full).
+ * summary every run prints (traces, ops, mutant steps, each disagreement in full).
  */
 import assert from 'node:assert/strict';
 import { replayTrace, type ReplayResult } from './replay.js';
@@ -47,15 +47,10 @@ function describe(t: Replayed): string {
 export function report(what: string, done: Replayed[], extra: string[] = []): void {
   const ops = done.reduce((n, t) => n + t.r.ops, 0);
   const ms = done.reduce((n, t) => n + t.r.ms, 0);
-  const held = done.filter((t) => t.r.heldBack !== null);
   const mut = done.filter((t) => t.r.mutant !== null);
   const refused = mut.filter((t) => t.r.disagreements.length === 0);
   console.log(`# ${what}: ${done.length} traces replayed (${done.reduce((n, t) => n + t.names.length, 0)} runs), ${ops} ops, ` +
-    `${held.length} held back, ${refused.length}/${mut.length} mutant steps refused by the code; ${(ms / Math.max(1, done.length)).toFixed(0)} ms per trace`);
-  for (const t of held) {
-    const h = t.r.heldBack as NonNullable<ReplayResult['heldBack']>;
-    console.log(`#   held back at line ${h.line} (${h.what}${h.mutant === null ? '' : `, after mutant ${h.mutant}`}; ${t.r.ops} ops replayed before): ${describe(t)}`);
-  }
+    `${refused.length}/${mut.length} mutant steps refused by the code; ${(ms / Math.max(1, done.length)).toFixed(0)} ms per trace`);
   for (const t of mut) {
     const m = t.r.mutant as NonNullable<ReplayResult['mutant']>;
     console.log(`#   mutant ${m.name}: line ${m.line} "${t.lines[m.line - 1]}": model ${m.model}, code ${m.code}: ${describe(t)}`);

@@ -16,6 +16,8 @@ import { CompletionStatus, MailboxOp as Op, encodeGfnList, type HostMailbox } fr
 import { concat } from '../../src/protocol/bytes.js';
 import { TokenKind } from '../../src/guest/mh/service.js';
 import { x25519PublicKey } from '../../src/protocol/noise.js';
+import { decodeTicket } from '../../src/protocol/ticket.js';
+import { RECEIPT_SIZE, ReceiptOutcome, receiptHash, signRelease, signStandDown, verifyReceipt } from '../../src/protocol/release.js';
 import { bootGuest, call, ownerKeys, ticketFor, type CallResult, type Guest, type Owner } from '../guest/mh-service-rig.js';
 
 // ---- the trace, parsed ---------------------------------------------------------------------
@@ -44,11 +46,12 @@ export type MhOp = At & { status: number } & (
   | { kind: 'tgt-import'; target: Mig; rec: string }
   | { kind: 'tgt-commit'; target: Mig }
   | { kind: 'tgt-abort'; target: Mig }
+  | { kind: 'tgt-stand-down'; target: Mig; receipt: 'committed' | 'stood-down' }
+  | { kind: 'src-release'; mig: Mig }
 );
 
 export type TraceOp =
   | MhOp
-  | (At & { kind: 'not-implemented'; what: string })
   | (At & { kind: 'write'; page: Page })
   | (At & { kind: 'crash'; who: 'src' | Mig })
   | (At & { kind: 'mutant'; name: string })
@@ -87,8 +90,12 @@ const FORMS: [RegExp, Build][] = [
   [/^tgt(?<t>\d+) IMPORT_RECORD rec=(?<r>\d+\.\d+)$/, (g) => ({ kind: 'tgt-import', target: mig(g.t as string), rec: g.r as string })],
   [/^tgt(?<t>\d+) COMMIT$/, (g) => ({ kind: 'tgt-commit', target: mig(g.t as string) })],
   [/^tgt(?<t>\d+) ABORT$/, (g) => ({ kind: 'tgt-abort', target: mig(g.t as string) })],
-  // Not in the code yet (docs/protocol.md §7.6): the replay stops before them.
-  [/^(?<w>src RELEASE|tgt\d+ STAND_DOWN) mig=\d+$/, (g) => ({ kind: 'not-implemented', what: g.w as string })],
+  [/^src RELEASE mig=(?<m>\d+)$/, (g) => ({ kind: 'src-release', mig: mig(g.m as string) })],
+  // The receipt's outcome follows the status (` receipt=`), filled in by parseOne.
+  [/^tgt(?<t>\d+) STAND_DOWN mig=(?<m>\d+)$/, (g) => {
+    if (g.t !== g.m) throw new Error(`target ${g.t} stands down from migration ${g.m}: the model pairs target t with migration t`);
+    return { kind: 'tgt-stand-down', target: mig(g.t as string), receipt: 'stood-down' };
+  }],
 ];
 const NO_STATUS: [RegExp, Build][] = [
   [/^guest WRITE page=(?<p>\d+)$/, (g) => ({ kind: 'write', page: page(g.p as string) })],
@@ -121,7 +128,7 @@ function parseOne(body: string, line: number, text: string): TraceOp {
     const m = re.exec(body);
     if (m !== null) return { ...build(m.groups ?? {}), line, text } as TraceOp;
   }
-  const st = /^(?<op>.*?) = (?<s>\d+)(?: rec=(?<r>\d+\.\d+))?$/.exec(body);
+  const st = /^(?<op>.*?) = (?<s>\d+)(?: rec=(?<r>\d+\.\d+))?(?: receipt=(?<rc>committed|stood-down))?$/.exec(body);
   if (st === null) throw new TraceParseError(line, text, 'no " = <status>"');
   const status = Number(st.groups?.s);
   if (!Object.values(CompletionStatus).includes(status as never)) throw new TraceParseError(line, text, `unknown status ${status}`);
@@ -130,6 +137,9 @@ function parseOne(body: string, line: number, text: string): TraceOp {
     const m = re.exec(st.groups?.op as string);
     if (m === null) continue;
     const op = { ...build(m.groups ?? {}), line, text, status } as TraceOp;
+    const receipt = st.groups?.rc;
+    if ((op.kind === 'tgt-stand-down') !== (receipt !== undefined)) throw new TraceParseError(line, text, 'receipt= goes with STAND_DOWN, and only with it');
+    if (op.kind === 'tgt-stand-down') op.receipt = receipt as 'committed' | 'stood-down';
     const produces = op.kind === 'export-pages' || op.kind === 'export-vcpu' || (op.kind === 'token' && (op.token === 'EPOCH_END' || op.token === 'START'));
     if (!produces && rec !== null) throw new TraceParseError(line, text, 'this op produces no record');
     if (produces) {
@@ -157,8 +167,6 @@ export interface ReplayResult {
   /** MH ops issued (each counted once, however many real requests it took). */
   ops: number;
   disagreements: Disagreement[];
-  /** The first op the code does not have yet; the replay stopped before it. */
-  heldBack: { line: number; what: string; mutant: string | null } | null;
   /** A mutant step: the code's status must differ from the mutant model's. */
   mutant: { name: string; line: number; model: number; code: number } | null;
   /** A mutant marker with no MH op after it (the model's property failed inside the op, or an owner/host step). */
@@ -202,6 +210,8 @@ interface World {
   msg2: Map<string, Uint8Array>;
   recs: Map<string, Uint8Array[]>;
   backward: Map<string, Uint8Array>;
+  /** Stood-down receipts the owner verified, by migration (a RELEASE answers one). */
+  receipts: Map<Mig, Uint8Array>;
   writes: number;
 }
 
@@ -209,7 +219,7 @@ interface World {
 export async function replayTrace(lines: readonly string[]): Promise<ReplayResult> {
   const t0 = performance.now();
   const ops = parseTrace(lines);
-  const res: ReplayResult = { ops: 0, disagreements: [], heldBack: null, mutant: null, markerOnly: [], ms: 0 };
+  const res: ReplayResult = { ops: 0, disagreements: [], mutant: null, markerOnly: [], ms: 0 };
   const w = world();
   try {
     let mutant: (At & { name: string }) | null = null;
@@ -218,10 +228,6 @@ export async function replayTrace(lines: readonly string[]): Promise<ReplayResul
         if (mutant !== null) res.markerOnly.push({ name: mutant.name, line: mutant.line, next: op.text });
         mutant = op;
         continue;
-      }
-      if (op.kind === 'not-implemented') {
-        res.heldBack = { line: op.line, what: op.what, mutant: mutant?.name ?? null };
-        break;
       }
       if (mutant !== null && !('status' in op)) {
         // A marker before a step that is no MH op: the mutant changed the host or the owner.
@@ -241,7 +247,8 @@ export async function replayTrace(lines: readonly string[]): Promise<ReplayResul
       const code = await perform(w, op);
       if (mutant !== null) {
         res.mutant = { name: mutant.name, line: op.line, model: op.status, code: code.status };
-        if (code.status === op.status) res.disagreements.push({ line: op.line, text: op.text, model: `mutant ${mutant.name} lets it through with ${statusName(op.status)}: the code must refuse`, code: `${statusName(code.status)}${code.note}` });
+        // Refused = another status, or the same status with another result (a receipt's outcome).
+        if (code.status === op.status && code.mismatch === null) res.disagreements.push({ line: op.line, text: op.text, model: `mutant ${mutant.name} lets it through with ${statusName(op.status)}: the code must refuse`, code: `${statusName(code.status)}${code.note}` });
         break;
       }
       if (code.status !== op.status || code.mismatch !== null) {
@@ -249,7 +256,7 @@ export async function replayTrace(lines: readonly string[]): Promise<ReplayResul
         break; // the two states have parted: nothing after this says anything
       }
     }
-    if (mutant !== null && res.mutant === null && res.heldBack === null && res.disagreements.length === 0) res.markerOnly.push({ name: mutant.name, line: mutant.line, next: null });
+    if (mutant !== null && res.mutant === null && res.disagreements.length === 0) res.markerOnly.push({ name: mutant.name, line: mutant.line, next: null });
   } finally {
     await Promise.all([w.src, ...w.tgts.values()].map((n) => n.guest?.destroy()));
   }
@@ -268,7 +275,7 @@ function world(): World {
     tgts.set(t, node(identity, x25519PublicKey(srcId)));
     tickets.set(t, ticketFor({ owner, sourceIdentity: srcId }, identity));
   }
-  return { owner, src: node(srcId, null), tgts, srcSnapshot: null, groups: [[], []], tickets, attempts: new Map(), msg1: new Map(), msg2: new Map(), recs: new Map(), backward: new Map(), writes: 0 };
+  return { owner, src: node(srcId, null), tgts, srcSnapshot: null, groups: [[], []], tickets, attempts: new Map(), msg1: new Map(), msg2: new Map(), recs: new Map(), backward: new Map(), receipts: new Map(), writes: 0 };
 }
 
 /** The node's guest and MH vCPU 0 mailbox, booting it on first use. */
@@ -319,6 +326,10 @@ const single = (r: CallResult): CodeAnswer => ({ status: r.c.status, note: r.c.s
 function need<T>(v: T | undefined | null, what: string): T {
   if (v === undefined || v === null) throw new TraceInconsistent(what);
   return v;
+}
+
+function migrationIdOf(w: World, m: Mig): Uint8Array {
+  return decodeTicket(need(w.tickets.get(m), `ticket ${m}`)).body.migrationId;
 }
 
 async function perform(w: World, op: MhOp): Promise<CodeAnswer> {
@@ -394,6 +405,26 @@ async function performOrThrow(w: World, op: MhOp): Promise<CodeAnswer> {
       const r = await call(await tgt(op.target), { op: Op.Abort }, undefined, 1);
       if (r.c.status === Ok && op.status === Ok) w.backward.set(`abort.${op.target}`, r.out);
       return single(r);
+    }
+    case 'tgt-stand-down': {
+      const n = w.tgts.get(op.target) as Node;
+      const mid = migrationIdOf(w, op.target);
+      const targetPublic = x25519PublicKey(n.identity);
+      const r = await call(await tgt(op.target), { op: Op.StandDown }, signStandDown({ migrationId: mid, targetPublic }, w.owner.priv));
+      const a = single(r);
+      if (r.c.status !== Ok) return a;
+      // The owner's check: the MAC under the identity it generated, then the outcome.
+      const got = verifyReceipt(r.out.slice(0, RECEIPT_SIZE), { identityPrivate: n.identity, migrationId: mid, targetPublic });
+      const outcome = got.outcome === ReceiptOutcome.COMMITTED ? 'committed' : 'stood-down';
+      if (outcome !== op.receipt) a.mismatch = `receipt says ${outcome}, the model's says ${op.receipt}`;
+      else if (outcome === 'stood-down') w.receipts.set(op.target, r.out.slice(0, RECEIPT_SIZE));
+      return a;
+    }
+    case 'src-release': {
+      // Bound to the stood-down receipt it answers; none (a mutant owner) binds zeros.
+      const rc = w.receipts.get(op.mig);
+      const rel = signRelease({ migrationId: migrationIdOf(w, op.mig), sourcePublic: x25519PublicKey(w.src.identity), receiptHash: rc ? receiptHash(rc) : new Uint8Array(32) }, w.owner.priv);
+      return single(await call(await src(), { op: Op.Release }, rel));
     }
   }
 }

@@ -1,4 +1,4 @@
-/** Key store schema 1 → 2 (instance state 'pending', migrations table): existing data survives. */
+/** Key store schema 1 → 2 → 3 (instance state 'pending', migrations table, unresolved/released): existing data survives. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -38,7 +38,7 @@ test('a schema-1 store with launches and an instance chain migrates to schema 2 
     const s = OwnerStore.open(path);
     try {
       assert.equal(s.schemaVersion(), SCHEMA_VERSION);
-      assert.equal(SCHEMA_VERSION, 2);
+      assert.equal(SCHEMA_VERSION, 3);
       const b = s.getInstance('B');
       assert.equal(b.state, 'active');
       assert.equal(b.parentInstance, 'A');

@@ -50,10 +50,11 @@ import {
 import { decodeAbort, decodeCommit, decodeEpochEnd, decodeStartToken, encodeEpochEnd, encodeStartToken, privatePageSetDigestDense, AbortReason } from '../../protocol/tokens.js';
 import { newImporter, step, ImportError, type ImporterState, type ImportEvent, type StepResult } from '../../protocol/importer.js';
 import { TICKET_SIZE } from '../../protocol/ticket.js';
+import { decodeRelease, makeReceipt, ReceiptOutcome, ReleaseError, verifyRelease, verifyStandDown } from '../../protocol/release.js';
 import type { Aead, AeadBackend } from '../../protocol/aead.js';
 import { defaultAeadBackend } from '../../native/aead.js';
 import { sourceBegin, sourceFinish, targetRespond, MhSessionError, type SourcePending } from './handshake.js';
-import { backwardKey, closeSession, MhKeyError, MhOff, MH_KEY_PAGE, streamKey, zeroizeMh } from './keys.js';
+import { backwardKey, closeSession, MhKeyError, MhOff, MH_KEY_PAGE, readIdentity, streamKey, zeroizeMh, type MhIdentity } from './keys.js';
 import { MhScratch, Role, START_HASH_OFF, W } from './scratch.js';
 
 /** TOKEN request kinds, carried in the descriptor's `stream` field (TOKEN output is always stream 0). */
@@ -110,6 +111,9 @@ export class MhService {
   readonly stats: MhServiceStats = { requests: 0, pagesExported: 0, pagesImported: 0 };
   private pending: SourcePending | null = null;
   private importer: ImporterState | null = null;
+  /** The target session's migration id and, once verified, its start-token hash (for the owner's receipt, §7.6). */
+  private importMid: Uint8Array | null = null;
+  private importStart: Uint8Array | null = null;
   private readonly recordCopy: Uint8Array;
   private readonly pageViews: Uint8Array[] = new Array<Uint8Array>(MAX_PAGES_PER_RECORD);
   /** Keyed AEADs of the open session, by stream (PAGES export and import). */
@@ -225,6 +229,12 @@ export class MhService {
         return role === Role.SOURCE ? this.sourceAbort(req) : this.targetEnd(req, 'abort');
       case MailboxOp.ImportVcpu:
         return refuse(S.Unsupported, 'vCPU state travels as a VCPU_STATE record (IMPORT_RECORD)');
+      case MailboxOp.StandDown:
+        onlyZero();
+        return this.standDown(req, role);
+      case MailboxOp.Release:
+        onlyZero();
+        return this.release(req, role);
       default:
         return refuse(S.Unsupported, 'unknown op');
     }
@@ -309,6 +319,7 @@ export class MhService {
       streams,
     });
     this.importer = newImporter({ migrationId: r.migrationId, streams, vcpuCount: this.ctx.vcpuCount, pageLimit: this.region.pages });
+    this.importMid = r.migrationId.slice();
     this.scratch.resetSession();
     return this.out(req, r.message);
   }
@@ -603,6 +614,7 @@ export class MhService {
       throw e;
     }
     const r = this.stepOrRefuse(ev);
+    if (r.state.kind === 'Started') this.importStart = r.state.startHash;
     for (const a of r.actions) {
       if (a.kind === 'open-pages') {
         a.dest.forEach((g, i) => {
@@ -649,6 +661,88 @@ export class MhService {
       sc.set(W.ROLE, Role.DEAD);
     }
     return len;
+  }
+
+  // ---- the owner's way out (§7.6) -------------------------------------------------------
+
+  /** The identity, or BadState when the key page is zeroized (migrated away, shut down). */
+  private identity(): MhIdentity {
+    try {
+      return readIdentity(this.ctx.mem);
+    } catch (e) {
+      if (e instanceof MhKeyError) return refuse(S.BadState, 'the MH identity is zeroized');
+      throw e;
+    }
+  }
+
+  /**
+   * STAND_DOWN (target, owner-signed): a committed migration answers a committed receipt; any
+   * other state ends for good (importer Aborted, role DEAD: no COMMIT, handshake or record after
+   * it) and answers a stood-down receipt. The receipt is the owner's proof that releasing the
+   * source cannot fork the guest (the model's RELEASE_NEEDS_RECEIPT, STAND_DOWN_AFTER_COMMIT).
+   */
+  private standDown(req: RequestDescriptor, role: number): number {
+    const id = this.identity();
+    try {
+      let sd;
+      try {
+        sd = verifyStandDown(this.input(req).slice(), { ownerPublic: id.ownerPublic, selfPublic: id.identityPublic });
+      } catch (e) {
+        if (e instanceof ReleaseError) refuse(S.Refused, e.message);
+        throw e;
+      }
+      const mine = this.importMid === null || equalBytes(this.importMid, sd.migrationId);
+      // One target instance serves one migration: a stand-down for another is the owner's mistake or a replay.
+      if (!mine) refuse(S.Refused, 'the stand-down names another migration');
+      let outcome: ReceiptOutcome;
+      if (this.importer?.kind === 'Committed') outcome = ReceiptOutcome.COMMITTED;
+      else {
+        // A source session, or an instance that migrated away, is not a target to stand down.
+        if (role === Role.SOURCE || role === Role.MIGRATED) refuse(S.BadState, `stand-down in role ${role}`, role);
+        const imp = this.importer;
+        if (imp === null || imp.kind === 'Receiving' || imp.kind === 'Started') this.importer = { kind: 'Aborted', reason: AbortReason.CANCELLED };
+        this.importMid = sd.migrationId;
+        closeSession(this.ctx.mem);
+        this.dropKeyed();
+        this.scratch.set(W.ROLE, Role.DEAD);
+        outcome = ReceiptOutcome.STOOD_DOWN;
+      }
+      const receipt = makeReceipt({ outcome, migrationId: sd.migrationId, targetPublic: id.identityPublic, startHash: this.importStart ?? new Uint8Array(32) }, id.identityPrivate);
+      return this.out(req, receipt);
+    } finally {
+      id.identityPrivate.fill(0);
+    }
+  }
+
+  /**
+   * RELEASE (held source, owner-signed), checked in §7.6's order: a source session [BadState:
+   * idle, or migrated away], this session's migration [Refused: an old release replayed during
+   * a later migration], the owner's signature over this MH's key [Refused], after the start
+   * token [BadState: before it, TOKEN RESUME is the way]. Then the session closes as on ABORT.
+   */
+  private release(req: RequestDescriptor, role: number): number {
+    this.needSource(role);
+    const data = this.input(req).slice();
+    let mid: Uint8Array;
+    try {
+      mid = decodeRelease(data).migrationId;
+    } catch (e) {
+      if (e instanceof ReleaseError) refuse(S.Refused, e.message);
+      throw e;
+    }
+    if (!equalBytes(mid, this.sessionId())) refuse(S.Refused, 'the release names another migration');
+    const id = this.identity();
+    try {
+      verifyRelease(data, { ownerPublic: id.ownerPublic, selfPublic: id.identityPublic });
+    } catch (e) {
+      if (e instanceof ReleaseError) refuse(S.Refused, e.message);
+      throw e;
+    } finally {
+      id.identityPrivate.fill(0);
+    }
+    if (this.scratch.get(W.START_EMITTED) === 0) refuse(S.BadState, 'no start token yet: TOKEN RESUME closes the session');
+    this.closeSourceSession();
+    return 0;
   }
 }
 

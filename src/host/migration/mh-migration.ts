@@ -15,6 +15,8 @@
  * the ABORT record back (best effort), `discard()`.
  */
 import { Inbox, describe } from './inbox.js';
+import { hex } from '../../protocol/bytes.js';
+import { decodeTicket } from '../../protocol/ticket.js';
 import { PAGE_SIZE, type Gfn } from '../../platform/host-face.js';
 import { FRAME_HEADER_SIZE, FrameKind, type Frame } from '../../protocol/stream.js';
 import { peekHeader, RecordType } from '../../protocol/record.js';
@@ -22,11 +24,13 @@ import { mhRegion, type MhRegion } from '../../protocol/mh-layout.js';
 import type { MigrationInfo } from '../qmp/backend.js';
 import type { MigrationStatusName } from '../qmp/gate.js';
 import { closeChannels, connectOutgoing, listenIncoming, TransportError, type Channel, type Channels, type IncomingListener } from './transport.js';
-import { runPrecopy, type PrecopyHandle, type SendResult } from './precopy-driver.js';
+import { runPrecopy, type PrecopyHandle, type PrecopyResult, type SendResult } from './precopy-driver.js';
 import { WIRE_VERSION, encodeControl } from './plain-wire.js';
 import { decodeMainControl, encodeMhControl, type MainMessage } from './mh-wire.js';
 import { AckTracker, ACK_TIMEOUT_MS } from './ack.js';
 import { mapMhMailboxes, mhMigratable, MhError, MhSource, MhTarget, MhToken } from './mh-mover.js';
+import { DEFAULT_INCOMING_STALL_MS, watchIncoming } from './stall.js';
+import { isTerminal, mustStayStopped, newSource, sourceStep, type HeldInfo, type SourceEvent, type SourceState } from './source-state.js';
 import { checkSetup, SessionError, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './session.js';
 
 /**
@@ -93,10 +97,13 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   let inbox: MainInbox | null = null;
   let src: MhSource | null = null;
   let epoch = 0;
-  let sessionOpen = false;
-  let quiesced = false;
-  let startSent = false;
-  let aborted = false;
+  /** The session's phase (source-state.ts): the one place that says whether the source may run. */
+  let state: SourceState = newSource();
+  const advance = (ev: SourceEvent): void => {
+    const r = sourceStep(state, ev);
+    if (!r.ok) throw new SessionError('protocol', r.error);
+    state = r.state;
+  };
   let records = 0;
   let recordBytes = 0;
   let recordPages = 0;
@@ -133,7 +140,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     if (m2.type !== 'handshake-2') throw new SessionError('protocol', `expected handshake message 2, got ${m2.type}`);
     await src.handshakeFinish(m2.bytes, streams);
     acks = new AckTracker(c.pages, ACK_TIMEOUT_MS, ac.signal);
-    sessionOpen = true;
+    advance({ kind: 'session-open' });
     log(`session open: ${mh.count} MH vCPUs, ${opts.pageChannels} page channels`);
   };
   let connecting: Promise<void> | null = null;
@@ -143,7 +150,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     if (e) throw new SessionError('protocol', `main channel: ${e.message}`);
     // During pre-copy the target only speaks to refuse: an ABORT record or an ERROR (left queued for the end).
     if (inbox?.queued()) throw new SessionError('refused', 'the target aborted the migration');
-    if (!src || !chans || !inbox || !acks || !sessionOpen) throw new SessionError('protocol', 'no session with the target');
+    if (!src || !chans || !inbox || !acks || state.kind === 'setup') throw new SessionError('protocol', 'no session with the target');
     return { s: src, c: chans, ib: inbox, ak: acks };
   };
 
@@ -155,6 +162,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     const tok = await s.token(MhToken.EPOCH_END, epoch);
     await c.main.send(FrameKind.Record, tok);
     epoch++;
+    advance({ kind: 'epoch-ended' });
     return c.main.bytesSent + c.pages.reduce((n, p) => n + p.bytesSent, 0) - before;
   };
 
@@ -209,17 +217,37 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     phase('stop requested');
     // The guest parks its own workload vCPUs (saving their VMSAs), then the host stops them.
     await s.token(MhToken.QUIESCE, epoch, 10_000);
-    quiesced = true;
+    advance({ kind: 'quiesced' });
     phase('quiesced');
     await hooks.stopVm();
     phase('vCPUs paused');
   };
 
+  /**
+   * The driver's way back after a failure that came after stopVm: the session's rules decide
+   * (source-state.ts). The MH's RESUME goes out here or, when the VM never stopped, at the end.
+   */
   const resumeVm = async (): Promise<void> => {
-    if (startSent && !aborted) throw new SessionError('refused', 'the start token went out and no abort token came back: the source stays stopped (safety before liveness)');
-    if (src && sessionOpen && quiesced && !aborted) await src.token(MhToken.RESUME, epoch);
-    quiesced = false;
+    if (mustStayStopped(state)) throw new SessionError('refused', HELD_TEXT);
+    await closeBeforeStart();
     await hooks.resumeVm();
+  };
+  /** TOKEN RESUME (§7.7), once, quiesced or not: closes the MH session or drops a pending handshake. */
+  let resumed = false;
+  const closeBeforeStart = async (): Promise<void> => {
+    if (resumed || src === null || mustStayStopped(state) || state.kind === 'committed') return;
+    resumed = true;
+    try {
+      await (src as MhSource).token(MhToken.RESUME, epoch, 5_000);
+      log('TOKEN RESUME: the source MH closed its session; a new migration may start');
+    } catch (e) {
+      // BadState means the start token had left after all: the MH keeps the guest stopped.
+      log(`TOKEN RESUME: ${describe(e)}`);
+      if (e instanceof MhError && e.kind === 'status') {
+        state = { kind: 'held-for-owner', reason: `the source MH refused RESUME: ${e.message}` };
+        throw new SessionError('refused', HELD_TEXT);
+      }
+    }
   };
 
   const sendFinal = async (gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult> => {
@@ -256,10 +284,10 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
       start = await s.token(MhToken.START, last);
     } catch (e) {
       // A refusal means the MH emitted nothing; a timeout leaves it unknown: then count it as sent.
-      if (!(e instanceof MhError && e.kind === 'status')) startSent = true;
+      if (!(e instanceof MhError && e.kind === 'status')) advance({ kind: 'start-token', emitted: false });
       throw e;
     }
-    startSent = true;
+    advance({ kind: 'start-token', emitted: true });
     await c.main.send(FrameKind.Record, start);
     await c.main.send(FrameKind.Control, encodeControl({ type: 'complete', deviceFrames: 0 }));
     bytes += 2 * FRAME_HEADER_SIZE + start.byteLength + 8;
@@ -270,6 +298,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
       const t = recordType(reply.bytes);
       if (t === RecordType.COMMIT) {
         await s.commit(reply.bytes);
+        advance({ kind: 'commit' });
         phase('source MH committed');
         log(`switch-over: ${phases.join(', ')}`);
         log('committed: source keys zeroized, guest migrated away');
@@ -277,7 +306,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
       }
       if (t === RecordType.ABORT) {
         await s.abort(reply.bytes);
-        aborted = true;
+        advance({ kind: 'abort', reason: 'the target aborted the migration' });
         throw new SessionError('refused', 'the target aborted the migration');
       }
       throw new SessionError('protocol', `expected COMMIT or ABORT from the target, got record type ${t}`);
@@ -315,46 +344,71 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     },
   });
 
-  const done = handle.done.then(async (r) => {
+  /** After the start token: ask the target to give up (its MH aborts only before it commits) and take its ABORT. */
+  const tryAbort = async (c: Channels, ib: MainInbox): Promise<void> => {
+    await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
+    try {
+      const deadline = performance.now() + 3_000;
+      for (;;) {
+        const m = ib.take((x) => x.type === 'record') ?? (await ib.next(Math.max(1, deadline - performance.now()), 'ABORT'));
+        if (m.type === 'record' && recordType(m.bytes) === RecordType.ABORT) {
+          await (src as MhSource).abort(m.bytes);
+          advance({ kind: 'abort', reason: 'the target aborted after the start token' });
+          log('the target aborted after the start token; the guest runs on here');
+          await hooks.resumeVm();
+          return;
+        }
+        if (m.type === 'record' && recordType(m.bytes) === RecordType.COMMIT) {
+          // A COMMIT that came late is still a COMMIT: the guest lives on the target.
+          await (src as MhSource).commit(m.bytes);
+          advance({ kind: 'commit' });
+          log('a late COMMIT: the guest migrated away');
+          return;
+        }
+      }
+    } catch (e) {
+      log(`no ABORT or COMMIT from the target: ${describe(e)}`);
+    }
+  };
+
+  const done = handle.done.then(async (r): Promise<PrecopyResult> => {
     ac.abort();
     acks?.close();
     const c = chans as Channels | null;
     const ib = inbox as MainInbox | null;
-    if (c) {
-      if (r.status === 'completed') {
-        await c.main.end().catch(() => undefined);
-      } else if (!startSent || aborted) {
-        // Tell the target to discard its copy; its ABORT record closes the source MH's session so
-        // a later migration can open a new one.
-        await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
-        if (src && sessionOpen && !aborted && ib) {
-          try {
-            const deadline = performance.now() + 3_000;
-            for (;;) {
-              const m = ib.take((x) => x.type === 'record') ?? (await ib.next(Math.max(1, deadline - performance.now()), 'ABORT'));
-              if (m.type === 'record' && recordType(m.bytes) === RecordType.ABORT) {
-                await src.abort(m.bytes);
-                aborted = true;
-                log('the target aborted; source MH session closed');
-                break;
-              }
-            }
-          } catch (e) {
-            log(`no ABORT from the target: ${describe(e)}; the source MH keeps its session`);
+    if (r.status !== 'completed' && !isTerminal(state)) {
+      const reason = r.error ?? r.status;
+      if (mustStayStopped(state) && c && ib && src) await tryAbort(c, ib);
+      if (!isTerminal(state)) {
+        const f = sourceStep(state, { kind: 'fail', reason, cancelled: r.status === 'cancelled' });
+        if (f.ok) {
+          if (f.actions.some((a) => a.kind === 'mh-resume')) {
+            // Tell the target to discard its copy, then close our MH's session ourselves (§7.7).
+            if (c) await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
+            await closeBeforeStart().catch(() => undefined);
           }
+          if (!mustStayStopped(state)) state = f.state;
         }
       }
+      if (state.kind === 'held-for-owner') log(`held for the owner: ${state.reason}`);
+    }
+    if (c) {
+      if (r.status === 'completed') await c.main.end().catch(() => undefined);
       closeChannels(c);
     }
     src?.close();
+    if (state.kind === 'committed' && r.status !== 'completed') return { ...r, status: 'completed', info: { ...r.info, status: 'completed' } };
     return r;
   });
 
   const multifdBytes = (): number => (chans && opts.multifd ? (chans as Channels).pages.reduce((n, p) => n + p.bytesSent, 0) : 0);
   let final: MigrationInfo | null = null;
   void done.then((r) => { final = r.info; });
+  const migrationId = ticketMigrationId(mh.ticket);
   const extra = (): MigrationInfo => ({
     'x-sevmig-mover': 'mh',
+    'x-sevmig-session': state.kind,
+    ...(state.kind === 'held-for-owner' ? { 'x-sevmig-held': heldInfo(state.reason, migrationId) } : {}),
     'x-sevmig-records': records,
     'x-sevmig-payload-bytes': recordPages * PAGE_SIZE,
     'x-sevmig-wire-overhead': recordPages > 0 ? Number(((recordBytes - recordPages * PAGE_SIZE) / (recordPages * PAGE_SIZE)).toFixed(6)) : 0,
@@ -369,11 +423,44 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     status: () => (final?.status ?? handle.status()) as MigrationStatusName,
     cancel: () => {
       handle.cancel();
-      if (!startSent) ac.abort();
+      if (!mustStayStopped(state)) ac.abort();
     },
     setParameters: (p) => handle.setParameters(p),
+    held: () => (state.kind === 'held-for-owner' ? heldInfo(state.reason, migrationId) : null),
+    release: async (bytes: Uint8Array) => {
+      await done;
+      if (state.kind !== 'held-for-owner') throw new SessionError('refused', `nothing to release: this migration is ${state.kind}`);
+      // The session's links were closed with the migration; the mailboxes outlive it (mapMhMailboxes).
+      const s = new MhSource(await mapMhMailboxes(machine, region, MAILBOX_WAIT_MS), region);
+      try {
+        await s.release(bytes);
+      } finally {
+        s.close();
+      }
+      advance({ kind: 'release' });
+      log('released by the owner: the guest runs on here');
+      await hooks.resumeVm();
+    },
     done,
   };
+}
+
+const HELD_TEXT = 'the start token went out and neither COMMIT nor ABORT came back: the source stays stopped until the owner releases it (safety before liveness)';
+
+function heldInfo(reason: string, migrationId: string): HeldInfo {
+  return {
+    reason: `${HELD_TEXT}; ${reason}`,
+    'migration-id': migrationId,
+    resolve: `the owner checks the target (stand-down) and releases this source: sevmig owner migrations release-source ${migrationId}`,
+  };
+}
+
+function ticketMigrationId(ticket: Uint8Array): string {
+  try {
+    return hex(decodeTicket(ticket).body.migrationId);
+  } catch {
+    return 'unknown (the ticket does not parse)';
+  }
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
@@ -407,6 +494,18 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
   let received = 0;
   const startAt = performance.now();
   let endAt = 0;
+  let stalled: string | null = null;
+  let unwatch = (): void => undefined;
+  /** Set once `tgt` is closed (a stand-down then maps the mailbox afresh). */
+  let ended = false;
+  /** A stand-down riding on `tgt`'s link: the session waits for it before it closes the link. */
+  let standing: Promise<unknown> = Promise.resolve();
+  const quietLink = async (): Promise<void> => {
+    for (let s = standing; ; s = standing) {
+      await s;
+      if (s === standing) return;
+    }
+  };
 
   const setStatus = (s: MigrationStatusName): void => {
     status = s;
@@ -422,6 +521,10 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
     setStatus('active');
     const setupMs = opts.setupTimeoutMs ?? SETUP_TIMEOUT_MS;
     const ib = new MainInbox(c.main);
+    unwatch = watchIncoming(c, opts.stallTimeoutMs ?? DEFAULT_INCOMING_STALL_MS, (why) => {
+      stalled = why;
+      ib.fail(new SessionError('timeout', why)); // the main loop answers with ABORT, then closes
+    });
     const setup = await ib.next(setupMs, 'SETUP');
     if (setup.type !== 'setup') throw new SessionError('protocol', `expected SETUP, got ${setup.type}`);
     const cfg = machine.config;
@@ -538,17 +641,21 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
   };
 
   const done = run().then(
-    () => {
+    async () => {
       endAt = performance.now();
+      unwatch();
       listener.close();
       if (chans) setTimeout(() => closeChannels(chans as Channels), 1_000).unref();
+      await quietLink();
       tgt?.close();
+      ended = true;
       setStatus('completed');
       return { status: 'completed' as const };
     },
     async (e: unknown) => {
       endAt = performance.now();
-      error = e instanceof TransportError || e instanceof SessionError || e instanceof MhError ? e.message : describe(e);
+      unwatch();
+      error = stalled ?? (e instanceof TransportError || e instanceof SessionError || e instanceof MhError ? e.message : describe(e));
       listener.close();
       const t = tgt as MhTarget | null;
       const c = chans as Channels | null;
@@ -562,7 +669,9 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
         }
       }
       if (c) closeChannels(c);
+      await quietLink();
       t?.close();
+      ended = true;
       try {
         await hooks.discard(error);
       } catch (d) {
@@ -591,6 +700,22 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
       cancelled = true;
       listener.close();
       if (chans) closeChannels(chans);
+    },
+    standDown: async (request) => {
+      // While the import runs, its link owns the mailbox (two links would take each other's
+      // completions); afterwards the mailbox outlives the migration (mapMhMailboxes).
+      if (tgt !== null && !ended) {
+        const p = tgt.standDown(request);
+        standing = Promise.all([standing, p.catch(() => undefined)]);
+        return p;
+      }
+      const [link0] = await mapMhMailboxes(machine, mhRegion(machine.config.memoryBytes, hooks.mhCount), MAILBOX_WAIT_MS);
+      const t = new MhTarget(link0 as NonNullable<typeof link0>);
+      try {
+        return await t.standDown(request);
+      } finally {
+        t.close();
+      }
     },
     done,
   };

@@ -359,6 +359,12 @@ export class MhSource {
     expectOk(r.c, 'ABORT', 0);
   }
 
+  /** The owner's RELEASE of a held source (docs/protocol.md §7.6): the session closes as on ABORT. */
+  async release(release: Uint8Array): Promise<void> {
+    const r = await this.mh0.call({ op: MailboxOp.Release, stream: 0, epoch: 0, pageCount: 0, vcpu: 0 }, release);
+    expectOk(r.c, 'RELEASE', 0);
+  }
+
   close(): void {
     for (const l of this.links) l.fail(new MhError('usage', 'migration over'));
   }
@@ -399,6 +405,13 @@ export class MhTarget {
   async abort(): Promise<Uint8Array> {
     const r = await this.link.call({ op: MailboxOp.Abort, stream: 0, epoch: 0, pageCount: 0, vcpu: 0 });
     expectOk(r.c, 'ABORT', 0);
+    return r.out;
+  }
+
+  /** The owner's STAND_DOWN (§7.6); returns the MH's receipt for the owner (the host only carries it). */
+  async standDown(request: Uint8Array): Promise<Uint8Array> {
+    const r = await this.link.call({ op: MailboxOp.StandDown, stream: 0, epoch: 0, pageCount: 0, vcpu: 0 }, request);
+    expectOk(r.c, 'STAND_DOWN', 0);
     return r.out;
   }
 

@@ -46,6 +46,8 @@ import { PSP_HEADER_SIZE } from './psp-wire.js';
 import { AckTracker, ACK_TIMEOUT_MS } from './ack.js';
 import { encodeMhControl } from './mh-wire.js';
 import { startIncomingMh, startOutgoingMh, type MhOutgoingOptions } from './mh-migration.js';
+import type { HeldInfo } from './source-state.js';
+import { DEFAULT_INCOMING_STALL_MS, watchIncoming } from './stall.js';
 
 export type SessionErrorKind = 'refused' | 'protocol' | 'cancelled' | 'timeout' | 'mismatch';
 
@@ -117,6 +119,10 @@ export interface OutgoingMigration {
   status(): MigrationStatusName;
   cancel(): void;
   setParameters(p: Partial<PrecopyParams>): void;
+  /** Non-null while the source must stay stopped for the owner (the mh mover after its start token). */
+  held(): HeldInfo | null;
+  /** Carries the owner's RELEASE to the source MH and runs the guest again (the mh mover only). */
+  release(bytes: Uint8Array): Promise<void>;
   readonly done: Promise<PrecopyResult>;
 }
 
@@ -298,6 +304,9 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
       if (!completeSent) ac.abort();
     },
     setParameters: (p) => handle.setParameters(p),
+    // The host's movers never hold a source: the PSP's SEND_FINISH comes only after COMMITTED.
+    held: () => null,
+    release: () => Promise.reject(new SessionError('refused', `the '${opts.mover}' page mover has no owner release (only 'mh' can hold a source)`)),
     done,
   };
 }
@@ -318,6 +327,8 @@ export interface IncomingOptions {
   /** Emit MIGRATION events (capability `events`). */
   events: boolean;
   acceptTimeoutMs?: number;
+  /** Fail once nothing arrived on any channel for this long (stall.ts; default 30 s). */
+  stallTimeoutMs?: number;
   setupTimeoutMs?: number;
   /** Page mover this target expects (default 'plain'); 'mh' needs `mhCount` ≥ 1 (cmdline mh=N). */
   mover?: MoverName;
@@ -344,6 +355,8 @@ export interface IncomingMigration {
   info(): MigrationInfo;
   status(): MigrationStatusName;
   cancel(): void;
+  /** Carries the owner's STAND_DOWN to the target MH and returns its receipt (the mh mover only). */
+  standDown(request: Uint8Array): Promise<Uint8Array>;
   /** Resolves when the incoming migration ended (completed or failed); never rejects. */
   readonly done: Promise<{ status: 'completed' | 'failed'; error?: string }>;
 }
@@ -391,6 +404,8 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
   let endAt = 0;
   let mover: TargetPageMover | null = null;
   let received = 0;
+  let stalled: string | null = null;
+  let unwatch = (): void => undefined;
 
   const setStatus = (s: MigrationStatusName): void => {
     status = s;
@@ -404,6 +419,10 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
     chans = c;
     if (cancelled) throw new SessionError('cancelled', 'incoming migration cancelled');
     setStatus('active');
+    unwatch = watchIncoming(c, opts.stallTimeoutMs ?? DEFAULT_INCOMING_STALL_MS, (why) => {
+      stalled = why;
+      closeChannels(c); // every loop ends; the failure reports `stalled`
+    });
     const setupTimeout = opts.setupTimeoutMs ?? SETUP_TIMEOUT_MS;
     const first = await c.main.next(setupTimeout);
     if (first === null) throw new SessionError('protocol', 'the source ended the main channel before SETUP');
@@ -496,6 +515,7 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
   const done = run().then(
     async () => {
       endAt = performance.now();
+      unwatch();
       listener.close();
       if (chans) setTimeout(() => closeChannels(chans as Channels), 1_000).unref();
       setStatus('completed');
@@ -503,7 +523,8 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
     },
     async (e: unknown) => {
       endAt = performance.now();
-      error = e instanceof TransportError || e instanceof SessionError ? e.message : describe(e);
+      unwatch();
+      error = stalled ?? (e instanceof TransportError || e instanceof SessionError ? e.message : describe(e));
       listener.close();
       if (chans) closeChannels(chans);
       try {
@@ -533,6 +554,7 @@ export async function startIncoming(opts: IncomingOptions, hooks: IncomingHooks)
       listener.close();
       if (chans) closeChannels(chans);
     },
+    standDown: () => Promise.reject(new SessionError('refused', `the '${opts.mover ?? 'plain'}' page mover has no MH to stand down`)),
     done,
   };
 }

@@ -107,7 +107,11 @@ export type QmpAction =
   // vendor extensions
   | ({ kind: '__com.sevmig_vm-create' } & VmCreateArgs)
   | { kind: '__com.sevmig_guest-console'; maxLines?: number }
-  | { kind: '__com.sevmig_guest-fw-cfg'; name: string; data: Uint8Array };
+  | { kind: '__com.sevmig_guest-fw-cfg'; name: string; data: Uint8Array }
+  /** Source: the owner's RELEASE of a held source, carried to its MH (docs/protocol.md §7.6). */
+  | { kind: '__com.sevmig_migration-release'; release: Uint8Array }
+  /** Target: the owner's STAND_DOWN, carried to its MH; returns the MH's receipt. */
+  | { kind: '__com.sevmig_migration-stand-down'; request: Uint8Array };
 
 export type QmpCommandName = QmpAction['kind'];
 export type ActionOf<K extends QmpCommandName> = Extract<QmpAction, { kind: K }>;
@@ -183,7 +187,17 @@ const PARSERS: Parsers = {
     if (bytes.byteLength > MAX_FW_CFG_BYTES) throw argError(`fw_cfg item of ${bytes.byteLength} bytes exceeds ${MAX_FW_CFG_BYTES}`);
     return { kind: '__com.sevmig_guest-fw-cfg', name, data: bytes };
   },
+  // The MH checks the bytes (sizes, signatures); the host only bounds what it carries.
+  '__com.sevmig_migration-release': (r) => ({ kind: '__com.sevmig_migration-release', release: boundedBase64(r, 'release') }),
+  '__com.sevmig_migration-stand-down': (r) => ({ kind: '__com.sevmig_migration-stand-down', request: boundedBase64(r, 'request') }),
 };
+
+/** An owner-signed message the host carries to the MH: base64, at most 4 KiB. */
+function boundedBase64(r: ArgReader, name: string): Uint8Array {
+  const b = base64Arg(r, name);
+  if (b.byteLength < 1 || b.byteLength > 4096) throw r.invalid(name, 'base64 data of 1 to 4096 bytes');
+  return b;
+}
 
 /** Largest fw_cfg item a client may set over QMP. */
 const MAX_FW_CFG_BYTES = 65536;

@@ -104,6 +104,8 @@ export function dispatchAction(action: BackendAction, h: BackendHandlers): Promi
     case '__com.sevmig_vm-create': return h['__com.sevmig_vm-create'](action);
     case '__com.sevmig_guest-console': return h['__com.sevmig_guest-console'](action);
     case '__com.sevmig_guest-fw-cfg': return h['__com.sevmig_guest-fw-cfg'](action);
+    case '__com.sevmig_migration-release': return h['__com.sevmig_migration-release'](action);
+    case '__com.sevmig_migration-stand-down': return h['__com.sevmig_migration-stand-down'](action);
     default: return assertNever(action);
   }
 }

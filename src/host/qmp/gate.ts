@@ -74,6 +74,8 @@ export function gate(action: QmpAction, v: GateView): QmpError | null {
     case 'stop':
     case '__com.sevmig_guest-console':
     case '__com.sevmig_guest-fw-cfg':
+    case '__com.sevmig_migration-release':
+    case '__com.sevmig_migration-stand-down':
       return needVm(v, action.kind);
 
     case 'cont': {

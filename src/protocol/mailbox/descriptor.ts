@@ -49,6 +49,10 @@ export const MailboxOp = {
   Commit: 7,
   Abort: 8,
   Shutdown: 9,
+  /** Owner → target MH (docs/protocol.md §7.6): never commit this migration; the receipt comes back. */
+  StandDown: 10,
+  /** Owner → held source MH (§7.6): close the session as on a valid ABORT. */
+  Release: 11,
 } as const;
 export type MailboxOp = (typeof MailboxOp)[keyof typeof MailboxOp];
 
@@ -82,8 +86,8 @@ export const NO_SLOT = 0xffffffff;
 /** Largest GFN a 64-bit guest-physical address can have (2^52 − 1); also keeps it a safe integer. */
 export const MAX_GFN = 2 ** 52 - 1;
 
-const OP_NAMES: readonly string[] = ['Invalid', 'ExportPages', 'ImportRecord', 'ExportVcpu', 'ImportVcpu', 'HandshakeMsg', 'Token', 'Commit', 'Abort', 'Shutdown'];
-const MAX_OP = MailboxOp.Shutdown;
+const OP_NAMES: readonly string[] = ['Invalid', 'ExportPages', 'ImportRecord', 'ExportVcpu', 'ImportVcpu', 'HandshakeMsg', 'Token', 'Commit', 'Abort', 'Shutdown', 'StandDown', 'Release'];
+const MAX_OP = MailboxOp.Release;
 const MAX_STATUS = CompletionStatus.ShuttingDown;
 
 export function opName(op: number): string {
@@ -136,6 +140,8 @@ function u16ok(v: number): boolean {
  * | TOKEN         | required  | 0..slot size (0: emit)    | 0      | 0    |
  * | COMMIT, ABORT | optional  | 0..slot size (0 w/o slot) | 0      | 0    |
  * | SHUTDOWN      | NO_SLOT   | 0                         | 0      | 0    |
+ * | STAND_DOWN    | required  | 1..slot size (the request)| 0      | 0    |
+ * | RELEASE       | required  | 1..slot size (the request)| 0      | 0    |
  */
 function checkRequest(d: RequestDescriptor, lim: SlotLimits): void {
   const id = d.requestId;
@@ -162,6 +168,10 @@ function checkRequest(d: RequestDescriptor, lim: SlotLimits): void {
     case MailboxOp.ImportRecord:
     case MailboxOp.ImportVcpu:
       if (d.dataLength < 1) throw bad('data length 0: nothing to import');
+      break;
+    case MailboxOp.StandDown:
+    case MailboxOp.Release:
+      if (d.dataLength < 1) throw bad('data length 0: the owner-signed request is missing');
       break;
     case MailboxOp.ExportVcpu:
       if (d.dataLength !== 0) throw bad(`data length ${d.dataLength} must be 0`);

@@ -73,6 +73,8 @@ export class FakeBackend implements QmpBackend {
       },
       '__com.sevmig_guest-console': async (x) => ({ lines: ['boot', 'ok'].slice(0, x.maxLines ?? 100) }),
       '__com.sevmig_guest-fw-cfg': async () => ({}),
+      '__com.sevmig_migration-release': async () => ({}),
+      '__com.sevmig_migration-stand-down': async (x) => ({ receipt: Buffer.from(x.request).toString('base64') }),
     });
   }
 }
