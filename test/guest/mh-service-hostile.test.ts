@@ -7,13 +7,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { gfn } from '../../src/platform/address.js';
-import { CompletionStatus as S, MailboxOp as Op, type HostMailbox } from '../../src/protocol/mailbox/index.js';
+import { CompletionStatus as S, MailboxOp as Op, Word, type HostMailbox, type RequestDescriptor } from '../../src/protocol/mailbox/index.js';
+import { MH_GEOMETRY } from '../../src/protocol/mh-layout.js';
 import { RecordType, sealRecord, peekHeader, BACKWARD_STREAM } from '../../src/protocol/record.js';
 import { encodeCommit } from '../../src/protocol/tokens.js';
 import { FW_SHARED_BASE, WORKLOAD_RAM_START } from '../../src/protocol/firmware-image.js';
 import { MH_KEY_PAGE, MhOff, MhState } from '../../src/guest/mh/keys.js';
-import { TokenKind } from '../../src/guest/mh/service.js';
-import { bootPair, call, MiB, type Guest, type Pair } from './mh-service-rig.js';
+import { MH_POLL_MS, TokenKind } from '../../src/guest/mh/service.js';
+import { bootPair, call, MiB, type CallResult, type Guest, type Pair } from './mh-service-rig.js';
 
 const MEM = 48 * MiB;
 const SPEC = { memoryBytes: MEM, vcpus: 3, mh: 2, cmdline: 'workload=none mh=2' };
@@ -262,5 +263,160 @@ test('RESUME before the start token ends the source session (no ABORT will come)
     assert.equal(keyState(s.pair.source), MhState.PROVISIONED);
   } finally {
     await s.pair.close();
+  }
+});
+
+// ---- hostile ring indices and descriptors (docs/protocol.md §6.5): refused, and the MH serves on ----
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function failures(pair: Pair): string[] {
+  return [...pair.source.failed.map((f) => `source ${f}`), ...pair.target.failed.map((f) => `target ${f}`)];
+}
+
+/** Rings a doorbell as a publish would, so the MH wakes up and looks at the indices. */
+function ring(control: Int32Array, bell: number): void {
+  Atomics.add(control, bell, 1);
+  Atomics.notify(control, bell);
+}
+
+/**
+ * A request the HV tampers with in the ring after the honest publish: the MH vCPU is paused (host
+ * face: vCPU run control), the honest host submits, `edit` rewrites the 64-byte entry, the MH vCPU
+ * runs again and takes it. The request id stays, so the completion still answers this request.
+ */
+async function tampered(g: Guest, k: number, req: Partial<RequestDescriptor> & Pick<RequestDescriptor, 'op'>, input: Uint8Array | undefined, edit: (d: DataView) => void): Promise<CallResult> {
+  const mb = await g.mailbox(k);
+  const v = g.mailboxViews(k);
+  await g.machine.pause(5000, [g.mhVcpu(k)]);
+  const entry = (Atomics.load(v.control, Word.REQ_PROD) >>> 0) & (MH_GEOMETRY.ringSize - 1);
+  const pending = call(mb, req, input);
+  pending.catch(() => undefined); // awaited below; keeps an early rejection from being unhandled
+  edit(new DataView(v.descriptors.buffer, v.descriptors.byteOffset + entry * 64, 64));
+  await g.machine.run();
+  return pending;
+}
+
+/**
+ * One whole session on the pair, every step Ok: handshake, `mid` (more attacks inside the
+ * session, before any export), every migratable page (stream 1), QUIESCE, vCPU state (stream 2), EPOCH_END, START, the
+ * target's COMMIT and the source accepting it. The proof that the MHs survived what came before.
+ */
+async function fullSession(pair: Pair, mid?: (s: Session) => Promise<void>): Promise<void> {
+  const src0 = await pair.source.mailbox(0);
+  const src1 = await pair.source.mailbox(1);
+  const tgt0 = await pair.target.mailbox(0);
+  const ok = (r: CallResult, what: string) => {
+    assert.equal(r.c.status, S.Ok, `${what}: status ${r.c.status} detail ${r.c.detail}`);
+    return r.out;
+  };
+  const m1 = ok(await call(src0, { op: Op.HandshakeMsg, stream: 3 }, pair.ticket), 'message 1');
+  const m2 = ok(await call(tgt0, { op: Op.HandshakeMsg, stream: 3 }, cat(pair.ticket, m1)), 'message 2');
+  ok(await call(src0, { op: Op.HandshakeMsg, stream: 3 }, m2), 'source finish');
+  if (mid) await mid({ pair, src0, src1, tgt0 });
+  const imp = async (rec: Uint8Array, what: string) => ok(await call(tgt0, { op: Op.ImportRecord }, rec), `import ${what}`);
+  const all: number[] = [];
+  for (let g = 0; g < pair.source.region.pages; g++) if (pair.source.migratable(g)) all.push(g);
+  for (let i = 0; i < all.length; i += 512) await imp(ok(await exportPages(src0, all.slice(i, i + 512), 1, 0), `export ${i}`), `pages ${i}`);
+  ok(await call(src0, { op: Op.Token, stream: TokenKind.QUIESCE }), 'quiesce');
+  for (let i = 0; i < SPEC.vcpus; i++) await imp(ok(await call(src1, { op: Op.ExportVcpu, stream: 2, epoch: 0, vcpu: i }), `vCPU ${i}`), `vCPU ${i}`);
+  await imp(ok(await call(src0, { op: Op.Token, stream: TokenKind.EPOCH_END, epoch: 0 }), 'EPOCH_END'), 'EPOCH_END');
+  await imp(ok(await call(src0, { op: Op.Token, stream: TokenKind.START, epoch: 0 }), 'START'), 'START_TOKEN');
+  const commit = ok(await call(tgt0, { op: Op.Commit }, undefined, 1), 'target COMMIT');
+  ok(await call(src0, { op: Op.Commit }, commit, 1), 'source accepts COMMIT');
+  assert.equal(keyState(pair.source), MhState.MIGRATED_AWAY);
+  assert.deepEqual(failures(pair), []);
+}
+
+test('a corrupted request producer index (the HV\'s) is ignored: no MH vCPU stops, and a full session follows', { timeout: 60_000 }, async () => {
+  const pair = await bootPair(SPEC);
+  try {
+    const n = MH_GEOMETRY.ringSize;
+    for (const [g, k] of [[pair.source, 0], [pair.source, 1], [pair.target, 0]] as const) {
+      await g.mailbox(k);
+      const { control } = g.mailboxViews(k);
+      const honest = Atomics.load(control, Word.REQ_PROD);
+      // More than N ahead, behind the MH's consumer, and extremes; the last one stays there.
+      for (const bad of [honest + n + 1, honest - 1, 0x7fffffff, -2, honest + 4 * n]) {
+        Atomics.store(control, Word.REQ_PROD, bad | 0);
+        ring(control, Word.REQ_DOORBELL);
+        await sleep(2 * MH_POLL_MS);
+      }
+    }
+    assert.deepEqual(failures(pair), [], 'no MH vCPU failed');
+    // The honest host's next publish stores its own index again: the MH serves it.
+    await fullSession(pair);
+  } finally {
+    await pair.close();
+  }
+});
+
+test('a corrupted completion consumer index (the HV\'s) is ignored, before and during a session; the session completes', { timeout: 60_000 }, async () => {
+  const pair = await bootPair(SPEC);
+  try {
+    const scribble = async (g: Guest, k: number, bad: number) => {
+      await g.mailbox(k);
+      Atomics.store(g.mailboxViews(k).control, Word.CPL_CONS, bad | 0);
+    };
+    await scribble(pair.source, 0, 0x40000000);
+    await scribble(pair.target, 0, -7);
+    await scribble(pair.source, 1, MH_GEOMETRY.ringSize * 3);
+    // Each MH's next completion meets the impossible index.
+    await fullSession(pair, async (s) => {
+      await scribble(pair.source, 0, 0x7fffffff);
+      await scribble(pair.target, 0, 12345);
+      assert.equal((await exportPages(s.src0, [FW_SHARED_BASE / 4096], 1, 0)).c.status, S.BadGfn, 'served and answered');
+      assert.equal((await call(s.tgt0, { op: Op.HandshakeMsg, stream: 3 }, cat(pair.ticket, new Uint8Array(108)))).c.status, S.BadState, 'served and answered (a session is open)');
+    });
+  } finally {
+    await pair.close();
+  }
+});
+
+test('descriptors with an out-of-range slot, data length, op, page count, vCPU or reserved field are BadDescriptor; out-of-range streams are Refused; a full session follows', { timeout: 60_000 }, async () => {
+  const pair = await bootPair(SPEC);
+  try {
+    const { source, target } = pair;
+    const hs = { op: Op.HandshakeMsg, stream: 3 } as const;
+    const bad: [string, Guest, Partial<RequestDescriptor> & Pick<RequestDescriptor, 'op'>, Uint8Array | undefined, (d: DataView) => void, number][] = [
+      ['slot = slot count', source, hs, pair.ticket, (d) => d.setUint32(16, MH_GEOMETRY.slotCount, true), S.BadDescriptor],
+      ['slot 0xfffffffe', source, hs, pair.ticket, (d) => d.setUint32(16, 0xfffffffe, true), S.BadDescriptor],
+      ['NO_SLOT with data', source, hs, pair.ticket, (d) => d.setUint32(16, 0xffffffff, true), S.BadDescriptor],
+      ['data length > slot', source, hs, pair.ticket, (d) => d.setUint32(20, MH_GEOMETRY.slotBytes + 1, true), S.BadDescriptor],
+      ['data length 0xffffffff', target, { op: Op.ImportRecord }, new Uint8Array(64), (d) => d.setUint32(20, 0xffffffff, true), S.BadDescriptor],
+      ['import of 0 bytes', target, { op: Op.ImportRecord }, new Uint8Array(64), (d) => d.setUint32(20, 0, true), S.BadDescriptor],
+      ['op 0 (Invalid)', source, hs, pair.ticket, (d) => d.setUint16(0, 0, true), S.BadDescriptor],
+      ['op 42', source, hs, pair.ticket, (d) => d.setUint16(0, 42, true), S.BadDescriptor],
+      ['op 0xffff', target, hs, pair.ticket, (d) => d.setUint16(0, 0xffff, true), S.BadDescriptor],
+      ['page count 513', source, { op: Op.ExportPages, stream: 1, pageCount: 1 }, gfns([W0]), (d) => (d.setUint16(14, 513, true), d.setUint32(20, 513 * 8, true)), S.BadDescriptor],
+      ['page count 0', source, { op: Op.ExportPages, stream: 1, pageCount: 1 }, gfns([W0]), (d) => (d.setUint16(14, 0, true), d.setUint32(20, 0, true)), S.BadDescriptor],
+      ['GFN list length ≠ pages × 8', source, { op: Op.ExportPages, stream: 1, pageCount: 1 }, gfns([W0]), (d) => d.setUint32(20, 12, true), S.BadDescriptor],
+      ['vCPU on a handshake', source, hs, pair.ticket, (d) => d.setUint32(24, 1, true), S.BadDescriptor],
+      ['flags', source, hs, pair.ticket, (d) => d.setUint16(2, 1, true), S.BadDescriptor],
+      ['reserved byte', source, hs, pair.ticket, (d) => d.setUint8(63, 1), S.BadDescriptor],
+      ['handshake stream 0', source, hs, pair.ticket, (d) => d.setUint16(12, 0, true), S.Refused],
+      ['handshake stream 0xffff', source, hs, pair.ticket, (d) => d.setUint16(12, 0xffff, true), S.Refused],
+      ['target handshake stream 65', target, hs, cat(pair.ticket, new Uint8Array(108)), (d) => d.setUint16(12, 65, true), S.Refused],
+    ];
+    for (const [what, g, req, input, edit, want] of bad) {
+      const r = await tampered(g, 0, req, input, edit);
+      assert.equal(r.c.status, want, `${what}: status ${r.c.status}`);
+      assert.equal(r.c.bytesWritten, 0, what);
+    }
+    assert.deepEqual(failures(pair), []);
+    await fullSession(pair, async (s) => {
+      // Inside the session: streams no MH vCPU has a key for, a token kind that does not exist.
+      for (const stream of [3, 7, 0xfffe, 0xffff]) {
+        const r = await tampered(source, 0, { op: Op.ExportPages, stream: 1, epoch: 0, pageCount: 1 }, gfns([W0]), (d) => d.setUint16(12, stream, true));
+        assert.equal(r.c.status, S.Refused, `EXPORT_PAGES on stream ${stream}`);
+      }
+      const tk = await tampered(source, 0, { op: Op.Token, stream: TokenKind.EPOCH_END, epoch: 0 }, undefined, (d) => d.setUint16(12, 9, true));
+      assert.equal(tk.c.status, S.Refused, 'token kind 9');
+      const vc = await tampered(source, 1, { op: Op.ExportVcpu, stream: 2, epoch: 0, vcpu: 0 }, undefined, (d) => d.setUint32(16, 9, true));
+      assert.equal(vc.c.status, S.BadDescriptor, 'EXPORT_VCPU slot 9');
+      void s;
+    });
+  } finally {
+    await pair.close();
   }
 });
