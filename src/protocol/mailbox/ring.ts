@@ -319,7 +319,7 @@ export class GuestMailbox {
    */
   readGfns(req: RequestDescriptor): number[] {
     if (req.op !== MailboxOp.ExportPages) throw new MailboxError('op', `request ${req.requestId}: not EXPORT_PAGES`, req.requestId);
-    if (req.dataLength !== req.pageCount * 8) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} != ${req.pageCount} GFNs × 8`, req.requestId);
+    if (req.dataLength !== req.pageCount * 8) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} != ${req.pageCount} GFNs × 8`, req.requestId, { field: 'length' });
     return parseGfnList(this.readData(req, this.gfnScratch), req.pageCount);
   }
 
@@ -339,7 +339,7 @@ export class GuestMailbox {
 
   private slotInput(req: RequestDescriptor): Uint8Array {
     // Re-check against our own geometry: `req` may be caller-built, not from parseRequest.
-    if (req.dataLength > this.layout.slotBytes) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} > slot size`, req.requestId);
+    if (req.dataLength > this.layout.slotBytes) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} > slot size`, req.requestId, { field: 'length' });
     return this.slot(req.slot).subarray(0, req.dataLength);
   }
 }
@@ -442,7 +442,7 @@ export class HostMailbox {
 }
 
 function slotView(data: Uint8Array, l: MailboxLayout, index: number): Uint8Array {
-  if (!Number.isInteger(index) || index < 0 || index >= l.slotCount) throw new MailboxError('field', `data slot ${index} not in 0..${l.slotCount - 1}`);
+  if (!Number.isInteger(index) || index < 0 || index >= l.slotCount) throw new MailboxError('field', `data slot ${index} not in 0..${l.slotCount - 1}`, undefined, { field: 'slot' });
   return data.subarray(index * l.slotBytes, (index + 1) * l.slotBytes);
 }
 
