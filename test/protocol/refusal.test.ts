@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MhError, expectOk } from '../../src/host/migration/mh-mover.js';
 import { nodeAead, type Aead } from '../../src/protocol/aead.js';
 import { CompletionStatus as S } from '../../src/protocol/mailbox/index.js';
 import { PAGE_SIZE, RECORD_HEADER_SIZE, RECORD_TAG_SIZE, RecordType, sealRecord } from '../../src/protocol/record.js';
@@ -300,6 +301,23 @@ test('another migration, another stream, a control record off stream 0, an unkno
   assert.equal(reasonOf(f), Why.AuthFailed.UNKNOWN_RECORD_TYPE);
   assert.equal(f.opens, 0);
   assert.equal(describeRefusal(S.AuthFailed, f.r.ok ? 0 : f.r.error.detail), 'AuthFailed: unknown record type');
+});
+
+test('the HV\'s message names the cause: "HANDSHAKE_MSG (ticket) refused: Refused: ticket expired"', () => {
+  const c = (status: number, detail: number) => ({ requestId: 1, status: status as (typeof S)[keyof typeof S], op: 5 as const, slot: 0, bytesWritten: 0, detail });
+  const msg = (status: number, detail: number, what: string): string => {
+    try {
+      expectOk(c(status, detail), what, 0);
+    } catch (e) {
+      assert.ok(e instanceof MhError && e.kind === 'status' && e.status === status && e.detail === detail);
+      return e.message;
+    }
+    return 'accepted';
+  };
+  assert.equal(msg(S.Refused, refusalDetail(Why.Refused.TICKET_EXPIRED), 'HANDSHAKE_MSG (ticket)'), 'MH 0: HANDSHAKE_MSG (ticket) refused: Refused: ticket expired');
+  assert.equal(msg(S.OutOfOrder, refusalDetail(Why.OutOfOrder.REPLAY, 12), 'IMPORT_RECORD'), 'MH 0: IMPORT_RECORD refused: OutOfOrder: replayed record (expected sequence 12)');
+  assert.equal(msg(S.AuthFailed, refusalDetail(Why.AuthFailed.BAD_RECORD_LENGTH), 'IMPORT_RECORD'), 'MH 0: IMPORT_RECORD refused: AuthFailed: bad record length');
+  assert.equal(msg(S.Ok, 0, 'x'), 'accepted');
 });
 
 function repoFile(rel: string): string {
