@@ -29,6 +29,9 @@
  * - commit only in Started; abort only before commit (Receiving, Started, Failed); nothing after
  *   commit or abort. COMMIT and ABORT are backward-only: the target sends them, never receives them.
  *
+ * Each refusal names its cause (docs/protocol.md §6.6): `ImportError.reason`, a detail of the status
+ * its kind has always had (refusal.ts IMPORT_ERROR_STATUS), and `.detail` for the completion.
+ *
  * `step` takes ownership of its input state: the per-page tables are updated in place (a 2 GiB
  * guest has 512 Ki frames; copying them per record would be quadratic). Do not reuse a state after
  * passing it to `step`; use the returned one. Errors from a live state lead to Failed (the tables
@@ -36,6 +39,8 @@
  */
 import type { Aead, AeadBackend } from './aead.js';
 import { equalBytes } from './bytes.js';
+import { CompletionStatus } from './mailbox/descriptor.js';
+import { RefusalDetail as Why, recordReason, refusalDetail, type RefusalReason } from './refusal.js';
 import {
   BACKWARD_STREAM,
   MAX_GFN,
@@ -123,6 +128,10 @@ export class ImportError extends Error {
     message: string,
     /** start-token: the mismatching field; open-failed: the RecordError kind. */
     readonly field?: string,
+    /** The named refusal (docs/protocol.md §6.6); its status is IMPORT_ERROR_STATUS[kind]. */
+    readonly reason: RefusalReason = Why.Refused.IMPORT_ARGUMENT,
+    /** The completion detail: reason and argument (refusal.ts). */
+    readonly detail: number = refusalDetail(reason),
   ) {
     super(`${command} invalid in state ${state}: ${message}`);
   }
@@ -279,38 +288,57 @@ function commandOf(e: ImportEvent): string {
 /** The one transition function. */
 export function step(state: ImporterState, event: ImportEvent): StepResult {
   const command = commandOf(event);
-  const refuse = (kind: ImportErrorKind, m: string, field?: string): StepResult => {
-    const error = new ImportError(kind, command, state.kind, m, field);
+  const refuse = (kind: ImportErrorKind, why: RefusalReason, m: string, extra: RefuseExtra = {}): StepResult => {
+    const error = new ImportError(kind, command, state.kind, m, extra.field, why, refusalDetail(why, extra.arg));
     const live = state.kind === 'Receiving' || state.kind === 'Started';
     return { ok: false, state: live ? { kind: 'Failed', error } : state, error };
   };
   try {
     switch (event.kind) {
       case 'abort':
-        if (state.kind === 'Committed' || state.kind === 'Aborted') return refuse('invalid-in-state', 'abort only before commit');
+        if (state.kind === 'Committed' || state.kind === 'Aborted') return refuse('invalid-in-state', state.kind === 'Committed' ? Why.BadState.ABORT_AFTER_COMMIT : Why.BadState.IMPORT_OVER, 'abort only before commit');
         return { ok: true, state: { kind: 'Aborted', reason: event.reason }, actions: [{ kind: 'send-abort', body: encodeAbort({ reason: event.reason }) }] };
       case 'commit':
-        if (state.kind !== 'Started') return refuse('invalid-in-state', 'commit only after a verified start token');
+        if (state.kind !== 'Started') return refuse('invalid-in-state', state.kind === 'Receiving' ? Why.BadState.COMMIT_BEFORE_START : notLive(state), 'commit only after a verified start token');
         return {
           ok: true,
           state: { kind: 'Committed', startHash: state.startHash },
           actions: [{ kind: 'send-commit', body: encodeCommit({ startTokenHash: state.startHash }) }],
         };
       case 'fail':
-        if (state.kind !== 'Receiving' && state.kind !== 'Started') return refuse('invalid-in-state', 'nothing is being imported');
-        return refuse('open-failed', event.cause.message, event.cause.kind);
+        if (state.kind !== 'Receiving' && state.kind !== 'Started') return refuse('invalid-in-state', notLive(state), 'nothing is being imported');
+        return refuse('open-failed', recordReason(CompletionStatus.AuthFailed, event.cause.kind), event.cause.message, { field: event.cause.kind });
       case 'record':
-        if (state.kind !== 'Receiving') return refuse('invalid-in-state', 'no record is accepted here');
+        if (state.kind !== 'Receiving') return refuse('invalid-in-state', notLive(state), 'no record is accepted here');
         return onRecord(state.t, event, refuse);
     }
   } catch (e) {
     // Encoders throw RecordError('argument') on a caller's bad abort reason: report, do not crash.
-    if (e instanceof RecordError) return refuse('argument', e.message);
+    if (e instanceof RecordError) return refuse('argument', Why.Refused.IMPORT_ARGUMENT, e.message);
     throw e;
   }
 }
 
-type Refuse = (kind: ImportErrorKind, m: string, field?: string) => StepResult;
+/** start-token: the field that differs; open-failed: the RecordError kind. arg: the detail's argument. */
+interface RefuseExtra {
+  field?: string;
+  arg?: number;
+}
+type Refuse = (kind: ImportErrorKind, why: RefusalReason, m: string, extra?: RefuseExtra) => StepResult;
+
+/** Why a state that is not Receiving takes nothing more (BadState details). */
+function notLive(state: ImporterState): RefusalReason {
+  return state.kind === 'Failed' ? Why.BadState.IMPORT_FAILED : state.kind === 'Started' ? Why.BadState.IMPORT_STARTED : Why.BadState.IMPORT_OVER;
+}
+
+type StartField = 'totalRecords' | 'totalPages' | 'vcpuCount' | 'vcpuState' | 'setCount';
+const START_FIELD_REASON: Readonly<Record<StartField, RefusalReason>> = {
+  totalRecords: Why.Refused.START_RECORDS,
+  totalPages: Why.Refused.START_PAGES,
+  vcpuCount: Why.Refused.START_VCPU_COUNT,
+  vcpuState: Why.Refused.START_VCPU_STATE,
+  setCount: Why.Refused.START_SET_COUNT,
+};
 
 function epochAt(s: StreamTrack, seq: number): number {
   let e = -1;
@@ -322,43 +350,44 @@ function onRecord(t: Tracking, ev: Extract<ImportEvent, { kind: 'record' }>, ref
   const h = ev.header;
   const cfg = t.config;
   const name = recordTypeName(h.type);
-  if (h.type === RecordType.COMMIT || h.type === RecordType.ABORT) return refuse('invalid-in-state', `${name} is backward-only`);
-  if (!equalBytes(h.migrationId, cfg.migrationId)) return refuse('migration-id', 'record of another migration');
-  if (h.stream === BACKWARD_STREAM || h.stream >= cfg.streams) return refuse('stream', `stream ${h.stream}, this migration has ${cfg.streams}`);
+  if (h.type === RecordType.COMMIT || h.type === RecordType.ABORT) return refuse('invalid-in-state', Why.BadState.BACKWARD_ONLY, `${name} is backward-only`);
+  if (!equalBytes(h.migrationId, cfg.migrationId)) return refuse('migration-id', Why.Refused.MIGRATION_ID, 'record of another migration');
+  if (h.stream === BACKWARD_STREAM || h.stream >= cfg.streams) return refuse('stream', Why.Refused.RECORD_STREAM, `stream ${h.stream}, this migration has ${cfg.streams}`);
   const s = t.streams[h.stream] as StreamTrack;
-  if (h.sequence < s.next) return refuse('replay', `stream ${h.stream} sequence ${h.sequence} already imported (next ${s.next})`);
-  if (h.sequence > s.next) return refuse('out-of-order', `stream ${h.stream} sequence ${h.sequence}, expected ${s.next}`);
-  if (h.epoch < s.epoch) return refuse('epoch-regressed', `stream ${h.stream}: epoch ${h.epoch} after ${s.epoch}`);
+  if (h.sequence < s.next) return refuse('replay', Why.OutOfOrder.REPLAY, `stream ${h.stream} sequence ${h.sequence} already imported (next ${s.next})`, { arg: s.next });
+  if (h.sequence > s.next) return refuse('out-of-order', Why.OutOfOrder.OUT_OF_ORDER, `stream ${h.stream} sequence ${h.sequence}, expected ${s.next}`, { arg: s.next });
+  if (h.epoch < s.epoch) return refuse('epoch-regressed', Why.OutOfOrder.EPOCH_REGRESSED, `stream ${h.stream}: epoch ${h.epoch} after ${s.epoch}`);
   // A pass per epoch: 2^31 - 2 of them is centuries; the bound keeps the epoch table exact.
-  if (h.epoch > MAX_EPOCH) return refuse('epoch-order', `epoch ${h.epoch} beyond ${MAX_EPOCH}`);
+  if (h.epoch > MAX_EPOCH) return refuse('epoch-order', Why.OutOfOrder.EPOCH_ORDER, `epoch ${h.epoch} beyond ${MAX_EPOCH}`);
   const control = h.type === RecordType.EPOCH_END || h.type === RecordType.START_TOKEN;
-  if (control && h.stream !== 0) return refuse('stream', `${name} on stream ${h.stream}, control records use stream 0`);
+  if (control && h.stream !== 0) return refuse('stream', Why.Refused.CONTROL_STREAM, `${name} on stream ${h.stream}, control records use stream 0`);
   if (t.pendingStart !== undefined && h.type !== RecordType.PAGES && h.type !== RecordType.VCPU_STATE)
-    return refuse('token', `${name} after the start token`);
+    return refuse('token', Why.Refused.AFTER_START, `${name} after the start token`);
 
   const actions: ImportAction[] = [];
   if (!control) {
     // Boundaries: a data record of epoch e lies before EPOCH_END(e)'s boundary and after EPOCH_END(e-1)'s.
     const end = t.epochEnds.get(h.epoch);
     if (end !== undefined && h.sequence >= (end.nextSequence[h.stream] as number))
-      return refuse('epoch-closed', `epoch ${h.epoch} ended on stream ${h.stream} before sequence ${end.nextSequence[h.stream]}`);
+      return refuse('epoch-closed', Why.OutOfOrder.EPOCH_CLOSED, `epoch ${h.epoch} ended on stream ${h.stream} before sequence ${end.nextSequence[h.stream]}`);
     const prev = t.epochEnds.get(h.epoch - 1);
     if (prev !== undefined && h.sequence < (prev.nextSequence[h.stream] as number))
-      return refuse('epoch-order', `epoch ${h.epoch} record at sequence ${h.sequence}, before epoch ${h.epoch - 1} ended`);
+      return refuse('epoch-order', Why.OutOfOrder.EPOCH_ORDER, `epoch ${h.epoch} record at sequence ${h.sequence}, before epoch ${h.epoch - 1} ended`);
     if (t.pendingStart !== undefined && h.epoch > t.pendingStart.finalEpoch)
-      return refuse('epoch-closed', `epoch ${h.epoch} after the final epoch ${t.pendingStart.finalEpoch}`);
+      return refuse('epoch-closed', Why.OutOfOrder.EPOCH_CLOSED, `epoch ${h.epoch} after the final epoch ${t.pendingStart.finalEpoch}`);
   }
 
   switch (h.type) {
     case RecordType.PAGES: {
       const dest: (number | null)[] = [];
       const seen = new Set<number>();
-      for (const g of h.gfns) {
-        if (g >= cfg.pageLimit) return refuse('page-range', `frame 0x${g.toString(16)} beyond guest memory (${cfg.pageLimit} frames)`);
-        if (seen.has(g)) return refuse('duplicate-page', `frame 0x${g.toString(16)} twice in one record`);
+      for (let i = 0; i < h.gfns.length; i++) {
+        const g = h.gfns[i] as number;
+        if (g >= cfg.pageLimit) return refuse('page-range', Why.BadGfn.BEYOND_MEMORY, `frame 0x${g.toString(16)} beyond guest memory (${cfg.pageLimit} frames)`, { arg: i });
+        if (seen.has(g)) return refuse('duplicate-page', Why.BadGfn.DUPLICATE_IN_LIST, `frame 0x${g.toString(16)} twice in one record`, { arg: i });
         seen.add(g);
         const last = t.lastEpoch.get(g);
-        if (last === h.epoch) return refuse('duplicate-page', `frame 0x${g.toString(16)} already imported in epoch ${h.epoch}`);
+        if (last === h.epoch) return refuse('duplicate-page', Why.BadGfn.DUPLICATE_PAGE, `frame 0x${g.toString(16)} already imported in epoch ${h.epoch}`, { arg: i });
         dest.push(last !== undefined && last > h.epoch ? null : g);
       }
       // Accepted: update the tables.
@@ -368,32 +397,32 @@ function onRecord(t: Tracking, ev: Extract<ImportEvent, { kind: 'record' }>, ref
       break;
     }
     case RecordType.VCPU_STATE: {
-      if (ev.vcpu === undefined) return refuse('argument', 'VCPU_STATE event without its opened body');
+      if (ev.vcpu === undefined) return refuse('argument', Why.Refused.IMPORT_ARGUMENT, 'VCPU_STATE event without its opened body');
       const i = ev.vcpu.index;
-      if (i >= cfg.vcpuCount) return refuse('vcpu', `vCPU ${i}, the target has ${cfg.vcpuCount}`);
-      if (t.vcpus.has(i)) return refuse('vcpu', `vCPU ${i} state sent twice`);
+      if (i >= cfg.vcpuCount) return refuse('vcpu', Why.Refused.VCPU_INDEX, `vCPU ${i}, the target has ${cfg.vcpuCount}`, { arg: cfg.vcpuCount });
+      if (t.vcpus.has(i)) return refuse('vcpu', Why.Refused.VCPU_TWICE, `vCPU ${i} state sent twice`);
       t.vcpus.add(i);
       actions.push({ kind: 'install-vcpu', index: i, vmsa: ev.vcpu.vmsa });
       break;
     }
     case RecordType.EPOCH_END: {
       const tok = ev.epochEnd;
-      if (tok === undefined) return refuse('argument', 'EPOCH_END event without its opened body');
-      if (tok.epoch !== h.epoch) return refuse('token', `EPOCH_END body epoch ${tok.epoch}, header epoch ${h.epoch}`);
-      if (tok.epoch !== t.announcedThrough + 1) return refuse('epoch-order', `EPOCH_END ${tok.epoch}, expected ${t.announcedThrough + 1}`);
-      if (tok.nextSequence.length !== cfg.streams) return refuse('token', `EPOCH_END lists ${tok.nextSequence.length} streams, migration has ${cfg.streams}`);
-      if (tok.nextSequence[0] !== h.sequence) return refuse('token', `EPOCH_END on stream 0 says ${tok.nextSequence[0]} records before it, its sequence is ${h.sequence}`);
+      if (tok === undefined) return refuse('argument', Why.Refused.IMPORT_ARGUMENT, 'EPOCH_END event without its opened body');
+      if (tok.epoch !== h.epoch) return refuse('token', Why.Refused.TOKEN_MISMATCH, `EPOCH_END body epoch ${tok.epoch}, header epoch ${h.epoch}`);
+      if (tok.epoch !== t.announcedThrough + 1) return refuse('epoch-order', Why.OutOfOrder.EPOCH_ORDER, `EPOCH_END ${tok.epoch}, expected ${t.announcedThrough + 1}`);
+      if (tok.nextSequence.length !== cfg.streams) return refuse('token', Why.Refused.TOKEN_MISMATCH, `EPOCH_END lists ${tok.nextSequence.length} streams, migration has ${cfg.streams}`);
+      if (tok.nextSequence[0] !== h.sequence) return refuse('token', Why.Refused.TOKEN_MISMATCH, `EPOCH_END on stream 0 says ${tok.nextSequence[0]} records before it, its sequence is ${h.sequence}`);
       const before = t.epochEnds.get(tok.epoch - 1);
       for (let i = 0; i < cfg.streams; i++) {
         const b = tok.nextSequence[i] as number;
         if (before !== undefined && b < (before.nextSequence[i] as number))
-          return refuse('epoch-order', `EPOCH_END ${tok.epoch} boundary of stream ${i} (${b}) before epoch ${tok.epoch - 1}'s`);
+          return refuse('epoch-order', Why.OutOfOrder.EPOCH_ORDER, `EPOCH_END ${tok.epoch} boundary of stream ${i} (${b}) before epoch ${tok.epoch - 1}'s`);
         const st = t.streams[i] as StreamTrack;
         // Records already received on stream i at or beyond the boundary must be of a later epoch,
         // the one just before it of this epoch or earlier.
-        if (st.next > b && epochAt(st, b) <= tok.epoch) return refuse('epoch-closed', `stream ${i} sequence ${b} is of epoch ${epochAt(st, b)}, inside ended epoch ${tok.epoch}`);
+        if (st.next > b && epochAt(st, b) <= tok.epoch) return refuse('epoch-closed', Why.OutOfOrder.EPOCH_CLOSED, `stream ${i} sequence ${b} is of epoch ${epochAt(st, b)}, inside ended epoch ${tok.epoch}`);
         if (b > 0 && st.next >= b && epochAt(st, b - 1) > tok.epoch)
-          return refuse('epoch-order', `stream ${i} sequence ${b - 1} is of epoch ${epochAt(st, b - 1)}, before the end of epoch ${tok.epoch}`);
+          return refuse('epoch-order', Why.OutOfOrder.EPOCH_ORDER, `stream ${i} sequence ${b - 1} is of epoch ${epochAt(st, b - 1)}, before the end of epoch ${tok.epoch}`);
       }
       t.epochEnds.set(tok.epoch, tok);
       t.announcedThrough = tok.epoch;
@@ -401,15 +430,15 @@ function onRecord(t: Tracking, ev: Extract<ImportEvent, { kind: 'record' }>, ref
     }
     case RecordType.START_TOKEN: {
       const tok = ev.start;
-      if (tok === undefined) return refuse('argument', 'START_TOKEN event without its opened body');
-      if (tok.finalEpoch !== h.epoch) return refuse('token', `START_TOKEN final epoch ${tok.finalEpoch}, header epoch ${h.epoch}`);
+      if (tok === undefined) return refuse('argument', Why.Refused.IMPORT_ARGUMENT, 'START_TOKEN event without its opened body');
+      if (tok.finalEpoch !== h.epoch) return refuse('token', Why.Refused.TOKEN_MISMATCH, `START_TOKEN final epoch ${tok.finalEpoch}, header epoch ${h.epoch}`);
       const fin = t.epochEnds.get(tok.finalEpoch);
       if (fin === undefined || tok.finalEpoch !== t.announcedThrough)
-        return refuse('start-token', `final epoch ${tok.finalEpoch} has no EPOCH_END (last ended: ${t.announcedThrough})`, 'finalEpoch');
-      if (h.sequence !== (fin.nextSequence[0] as number) + 1) return refuse('start-token', 'START_TOKEN does not follow the final EPOCH_END on stream 0', 'sequence');
+        return refuse('start-token', Why.Refused.START_FINAL_EPOCH, `final epoch ${tok.finalEpoch} has no EPOCH_END (last ended: ${t.announcedThrough})`, { field: 'finalEpoch' });
+      if (h.sequence !== (fin.nextSequence[0] as number) + 1) return refuse('start-token', Why.Refused.START_SEQUENCE, 'START_TOKEN does not follow the final EPOCH_END on stream 0', { field: 'sequence' });
       for (let i = 1; i < cfg.streams; i++) {
         const st = t.streams[i] as StreamTrack;
-        if (st.next > (fin.nextSequence[i] as number)) return refuse('start-token', `stream ${i} has records after the final epoch`, 'finalEpoch');
+        if (st.next > (fin.nextSequence[i] as number)) return refuse('start-token', Why.Refused.START_FINAL_EPOCH, `stream ${i} has records after the final epoch`, { field: 'finalEpoch' });
       }
       t.pendingStart = tok;
       break;
@@ -435,19 +464,19 @@ function settle(t: Tracking, actions: ImportAction[], refuse: Refuse): StepResul
     if (end === undefined) break;
     if (!t.streams.every((st, i) => st.next >= (end.nextSequence[i] as number))) break;
     const got = t.received.get(e) ?? 0;
-    if (got !== end.records) return refuse('epoch-count', `epoch ${e}: EPOCH_END counts ${end.records} records, ${got} received`);
+    if (got !== end.records) return refuse('epoch-count', Why.Refused.EPOCH_COUNT, `epoch ${e}: EPOCH_END counts ${end.records} records, ${got} received`);
     t.closedThrough = e;
     actions.push({ kind: 'epoch-closed', epoch: e, records: got });
   }
   const st = t.pendingStart;
   if (st === undefined || t.closedThrough !== st.finalEpoch) return { ok: true, state: { kind: 'Receiving', t }, actions };
-  const mism = (field: string, want: number, got: number) => refuse('start-token', `${field}: token says ${want}, imported ${got}`, field);
+  const mism = (field: StartField, want: number, got: number) => refuse('start-token', START_FIELD_REASON[field], `${field}: token says ${want}, imported ${got}`, { field });
   if (st.totalRecords !== t.totalRecords) return mism('totalRecords', st.totalRecords, t.totalRecords);
   if (st.totalPages !== t.totalPages) return mism('totalPages', st.totalPages, t.totalPages);
   if (st.vcpuCount !== t.config.vcpuCount) return mism('vcpuCount', st.vcpuCount, t.config.vcpuCount);
   if (t.vcpus.size !== st.vcpuCount) return mism('vcpuState', st.vcpuCount, t.vcpus.size);
   if (st.setCount !== t.lastEpoch.size) return mism('setCount', st.setCount, t.lastEpoch.size);
-  if (!equalBytes(st.digest, t.lastEpoch.digest())) return refuse('start-token', 'private-page set digest differs (a page missing or stale)', 'digest');
+  if (!equalBytes(st.digest, t.lastEpoch.digest())) return refuse('start-token', Why.Refused.START_DIGEST, 'private-page set digest differs (a page missing or stale)', { field: 'digest' });
   const startHash = startTokenHash(st);
   actions.push({ kind: 'started', startHash });
   return { ok: true, state: { kind: 'Started', t, start: st, startHash }, actions };

@@ -26,6 +26,7 @@
  */
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import { concat, equalBytes, view } from './bytes.js';
+import { RefusalDetail, type RefusalReason } from './refusal.js';
 
 export const TICKET_MAGIC: Uint8Array = new TextEncoder().encode('SVMGTKT');
 export const TICKET_VERSION = 1;
@@ -97,8 +98,31 @@ export class TicketError extends Error {
   constructor(
     readonly kind: TicketErrorKind,
     message: string,
+    /** not-for-me: which identity the ticket names wrongly (its source, or its target). */
+    readonly names?: 'source' | 'target',
   ) {
     super(message);
+  }
+
+  /** The MH's refusal detail for this error (a Refused reason, docs/protocol.md §6.6). */
+  get reason(): RefusalReason {
+    const R = RefusalDetail.Refused;
+    switch (this.kind) {
+      case 'format':
+        return R.TICKET_FORMAT;
+      case 'version':
+        return R.TICKET_VERSION;
+      case 'unknown-feature':
+        return R.TICKET_FEATURE;
+      case 'signature':
+        return R.TICKET_SIGNATURE;
+      case 'expired':
+        return R.TICKET_EXPIRED;
+      case 'not-yet-valid':
+        return R.TICKET_NOT_YET_VALID;
+      case 'not-for-me':
+        return this.names === 'target' ? R.TICKET_OTHER_TARGET : R.TICKET_OTHER_SOURCE;
+    }
   }
 }
 
@@ -252,14 +276,14 @@ export function verifyTicket(b: Uint8Array, o: VerifyTicketOptions): TicketBody 
   const self = o.self;
   if (self.role === 'source') {
     if (!equalBytes(body.sourcePublic, self.publicKey)) {
-      throw new TicketError('not-for-me', `ticket names source ${short(body.sourcePublic)}…, this MH is ${short(self.publicKey)}…`);
+      throw new TicketError('not-for-me', `ticket names source ${short(body.sourcePublic)}…, this MH is ${short(self.publicKey)}…`, 'source');
     }
   } else {
     if (!equalBytes(body.targetPublic, self.publicKey)) {
-      throw new TicketError('not-for-me', `ticket names target ${short(body.targetPublic)}…, this MH is ${short(self.publicKey)}…`);
+      throw new TicketError('not-for-me', `ticket names target ${short(body.targetPublic)}…, this MH is ${short(self.publicKey)}…`, 'target');
     }
     if (!equalBytes(body.sourcePublic, self.sourcePublic)) {
-      throw new TicketError('not-for-me', `ticket names source ${short(body.sourcePublic)}…, this MH was provisioned for ${short(self.sourcePublic)}…`);
+      throw new TicketError('not-for-me', `ticket names source ${short(body.sourcePublic)}…, this MH was provisioned for ${short(self.sourcePublic)}…`, 'source');
     }
   }
   if (!Number.isFinite(o.now)) throw new TicketError('format', `verifier clock ${o.now} is not a time`);

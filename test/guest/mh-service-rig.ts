@@ -14,7 +14,7 @@ import { encodeMhSecret, MH_ENVIRONMENT_GUID, MH_SECRET_GUID } from '../../src/p
 import { encodeEnvironment, SevType } from '../../src/protocol/environment.js';
 import { signTicket } from '../../src/protocol/ticket.js';
 import { x25519PublicKey } from '../../src/protocol/noise.js';
-import { HostMailbox, NO_SLOT, viewsOver, type Completion, type RequestDescriptor } from '../../src/protocol/mailbox/index.js';
+import { HostMailbox, NO_SLOT, viewsOver, type Completion, type MailboxViews, type RequestDescriptor } from '../../src/protocol/mailbox/index.js';
 import { MH_GEOMETRY, inMhRegion, mailboxGpa, mhRegion, type MhRegion } from '../../src/protocol/mh-layout.js';
 import { isMhPrivate } from '../../src/guest/mh/keys.js';
 
@@ -77,6 +77,20 @@ export class Guest {
         await new Promise((r) => setTimeout(r, 10));
       }
     }
+  }
+
+  /**
+   * The raw shared views of MH vCPU k's mailbox, as the HV maps them (host face only): what a
+   * hostile HV scribbles on. Open {@link mailbox} first (it waits for the guest's set-up).
+   */
+  mailboxViews(k: number): MailboxViews {
+    const v = this.machine.memory.sharedView(gfn(mailboxGpa(this.region, k) / 4096), this.region.stride / 4096);
+    return viewsOver(v.bytes.buffer, v.bytes.byteOffset, this.region.mailbox);
+  }
+
+  /** The vCPU index of MH vCPU k (the last N vCPUs are the MH's). */
+  mhVcpu(k: number): number {
+    return this.spec.vcpus - this.spec.mh + k;
   }
 
   /** Frames the HV would migrate as private pages (the MH refuses the others). */

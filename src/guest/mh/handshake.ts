@@ -14,7 +14,8 @@
 import type { GuestMemory } from '../../platform/guest-face.js';
 import { createHandshake, NoiseError, type Handshake } from '../../protocol/noise.js';
 import { verifyTicket, TicketError, type TicketBody } from '../../protocol/ticket.js';
-import { checkPeerEnvironment, decodeEnvironment, encodeEnvironment, EnvironmentError, type Environment } from '../../protocol/environment.js';
+import { checkPeerEnvironment, decodeEnvironment, encodeEnvironment, EnvironmentError, type Environment, type EnvironmentMismatch } from '../../protocol/environment.js';
+import { RefusalDetail as Why, type RefusalReason } from '../../protocol/refusal.js';
 import { deriveStreamKeys } from '../../protocol/session-keys.js';
 import { readIdentity, storeSession, MH_MAX_STREAMS, MhKeyError, type MhIdentity } from './keys.js';
 
@@ -25,10 +26,26 @@ export type MhSessionErrorKind = 'ticket' | 'policy' | 'environment' | 'handshak
 
 export class MhSessionError extends Error {
   override readonly name = 'MhSessionError';
-  constructor(readonly kind: MhSessionErrorKind, message: string, readonly detail?: string) {
+  constructor(
+    readonly kind: MhSessionErrorKind,
+    message: string,
+    readonly detail?: string,
+    /** The named refusal the MH answers with (docs/protocol.md §6.6); of the status the service gives `kind`. */
+    readonly reason?: RefusalReason,
+  ) {
     super(message);
   }
 }
+
+const ENVIRONMENT_REASON: Readonly<Record<EnvironmentMismatch, RefusalReason>> = {
+  'sev-type': Why.Refused.PEER_SEV_TYPE,
+  policy: Why.Refused.PEER_POLICY,
+  vcpus: Why.Refused.PEER_VCPUS,
+  memory: Why.Refused.PEER_MEMORY,
+  'api-version': Why.Refused.PEER_API,
+  features: Why.Refused.PEER_FEATURES,
+  'launch-digest': Why.Refused.PEER_LAUNCH_DIGEST,
+};
 
 export interface MhView {
   /** What this MH sees itself: vCPU count and RAM size; the rest comes from the owner's attested environment. */
@@ -37,7 +54,7 @@ export interface MhView {
 }
 
 function ownEnvironment(id: MhIdentity, view: MhView): Environment {
-  if (!id.environment) throw new MhSessionError('identity', 'the owner provisioned no launch environment for this MH');
+  if (!id.environment) throw new MhSessionError('identity', 'the owner provisioned no launch environment for this MH', undefined, Why.Refused.NOT_PROVISIONED);
   return { ...id.environment, vcpus: view.vcpus, memoryBytes: view.memoryBytes, features: 0 };
 }
 
@@ -46,10 +63,10 @@ function wrap<T>(fn: () => T): T {
     return fn();
   } catch (e) {
     if (e instanceof MhSessionError) throw e;
-    if (e instanceof TicketError) throw new MhSessionError('ticket', `migration ticket refused: ${e.message}`, e.kind);
-    if (e instanceof NoiseError) throw new MhSessionError('handshake', `handshake failed: ${e.message}`, e.kind);
-    if (e instanceof EnvironmentError) throw new MhSessionError('environment', `peer environment unreadable: ${e.message}`, e.kind);
-    if (e instanceof MhKeyError) throw new MhSessionError('identity', e.message, e.kind);
+    if (e instanceof TicketError) throw new MhSessionError('ticket', `migration ticket refused: ${e.message}`, e.kind, e.reason);
+    if (e instanceof NoiseError) throw new MhSessionError('handshake', `handshake failed: ${e.message}`, e.kind, Why.AuthFailed.HANDSHAKE);
+    if (e instanceof EnvironmentError) throw new MhSessionError('environment', `peer environment unreadable: ${e.message}`, e.kind, Why.Refused.PEER_ENVIRONMENT);
+    if (e instanceof MhKeyError) throw new MhSessionError('identity', e.message, e.kind, Why.Refused.NOT_PROVISIONED);
     throw e;
   }
 }
@@ -65,10 +82,10 @@ export function sourceBegin(mem: GuestMemory, o: { ticket: Uint8Array; now: numb
   return wrap(() => {
     const id = readIdentity(mem);
     try {
-      if (o.streams < 1 || o.streams > MH_MAX_STREAMS) throw new MhSessionError('state', `streams must be 1..${MH_MAX_STREAMS}`);
+      if (o.streams < 1 || o.streams > MH_MAX_STREAMS) throw new MhSessionError('state', `streams must be 1..${MH_MAX_STREAMS}`, undefined, Why.BadState.HANDSHAKE_STATE);
       const ticket = verifyTicket(o.ticket, { ownerPublic: id.ownerPublic, now: o.now, self: { role: 'source', publicKey: id.identityPublic } });
       const mine = ownEnvironment(id, o.view);
-      if (mine.policy & POLICY_NOSEND) throw new MhSessionError('policy', 'guest policy has NOSEND: this guest may not be migrated');
+      if (mine.policy & POLICY_NOSEND) throw new MhSessionError('policy', 'guest policy has NOSEND: this guest may not be migrated', undefined, Why.Refused.NOSEND);
       const hs = createHandshake({ pattern: 'KK', cipher: 'AESGCM', initiator: true, prologue: o.ticket, s: { priv: id.identityPrivate }, rs: ticket.targetPublic });
       const message = hs.writeMessage(encodeEnvironment({ ...mine, features: ticket.features }));
       return { message, pending: { hs, ticket, mine, streams: o.streams } };
@@ -83,7 +100,7 @@ export function sourceFinish(mem: GuestMemory, p: SourcePending, message: Uint8A
     try {
       const peer = decodeEnvironment(p.hs.readMessage(message));
       const check = checkPeerEnvironment({ mine: p.mine, peer, ticket: { allowedFeatures: p.ticket.features } });
-      if (!check.ok) throw new MhSessionError('environment', `target environment refused: ${check.detail}`, check.reason);
+      if (!check.ok) throw new MhSessionError('environment', `target environment refused: ${check.detail}`, check.reason, ENVIRONMENT_REASON[check.reason]);
       saveKeys(mem, p.hs, p.ticket, 'source', p.streams);
       return { migrationId: p.ticket.migrationId, peer };
     } finally {
@@ -100,8 +117,8 @@ export function targetRespond(
     const id = readIdentity(mem);
     let hs: Handshake | null = null;
     try {
-      if (!id.peerPublic) throw new MhSessionError('identity', 'this MH was not provisioned as a migration target (no source key)');
-      if (o.streams < 1 || o.streams > MH_MAX_STREAMS) throw new MhSessionError('state', `streams must be 1..${MH_MAX_STREAMS}`);
+      if (!id.peerPublic) throw new MhSessionError('identity', 'this MH was not provisioned as a migration target (no source key)', undefined, Why.Refused.NOT_PROVISIONED);
+      if (o.streams < 1 || o.streams > MH_MAX_STREAMS) throw new MhSessionError('state', `streams must be 1..${MH_MAX_STREAMS}`, undefined, Why.BadState.HANDSHAKE_STATE);
       const ticket = verifyTicket(o.ticket, {
         ownerPublic: id.ownerPublic,
         now: o.now,
@@ -111,7 +128,7 @@ export function targetRespond(
       hs = createHandshake({ pattern: 'KK', cipher: 'AESGCM', initiator: false, prologue: o.ticket, s: { priv: id.identityPrivate }, rs: id.peerPublic });
       const peer = decodeEnvironment(hs.readMessage(o.message));
       const check = checkPeerEnvironment({ mine, peer, ticket: { allowedFeatures: ticket.features } });
-      if (!check.ok) throw new MhSessionError('environment', `source environment refused: ${check.detail}`, check.reason);
+      if (!check.ok) throw new MhSessionError('environment', `source environment refused: ${check.detail}`, check.reason, ENVIRONMENT_REASON[check.reason]);
       const message = hs.writeMessage(encodeEnvironment({ ...mine, features: peer.features }));
       saveKeys(mem, hs, ticket, 'target', o.streams);
       return { message, migrationId: ticket.migrationId, peer };

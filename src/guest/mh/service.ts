@@ -49,7 +49,8 @@ import {
 } from '../../protocol/record.js';
 import { decodeAbort, decodeCommit, decodeEpochEnd, decodeStartToken, encodeEpochEnd, encodeStartToken, privatePageSetDigestDense, AbortReason } from '../../protocol/tokens.js';
 import { newImporter, step, ImportError, type ImporterState, type ImportEvent, type StepResult } from '../../protocol/importer.js';
-import { TICKET_SIZE } from '../../protocol/ticket.js';
+import { TICKET_SIZE, TicketOffset } from '../../protocol/ticket.js';
+import { IMPORT_ERROR_STATUS, RefusalDetail as Why, descriptorDetail, recordReason, refusalDetail, type RefusalReason } from '../../protocol/refusal.js';
 import { decodeRelease, makeReceipt, ReceiptOutcome, ReleaseError, verifyRelease, verifyStandDown } from '../../protocol/release.js';
 import type { Aead, AeadBackend } from '../../protocol/aead.js';
 import { defaultAeadBackend } from '../../native/aead.js';
@@ -74,29 +75,35 @@ class Refusal extends Error {
   }
 }
 
-const refuse = (status: Status, m: string, detail = 0): never => {
-  throw new Refusal(status, m, detail);
+/**
+ * Refuses the request. With a named reason (docs/protocol.md §6.6) the status is the reason's and
+ * `arg` its argument; with a bare status, `arg` is the raw detail.
+ */
+const refuse = (why: Status | RefusalReason, m: string, arg = 0): never => {
+  throw typeof why === 'number' ? new Refusal(why, m, arg) : new Refusal(why.status, m, refusalDetail(why, arg));
 };
 
-function importStatus(e: ImportError): Status {
-  switch (e.kind) {
-    case 'replay':
-    case 'out-of-order':
-    case 'epoch-regressed':
-    case 'epoch-closed':
-    case 'epoch-order':
-      return S.OutOfOrder;
-    case 'duplicate-page':
-    case 'page-range':
-      return S.BadGfn;
-    case 'open-failed':
-      return S.AuthFailed;
-    case 'invalid-in-state':
-      return S.BadState;
-    default:
-      return S.Refused;
-  }
+/** The Refused detail of an owner message (STAND_DOWN, RELEASE) that does not verify. */
+function ownerWhy(e: ReleaseError): RefusalReason {
+  return e.kind === 'signature' ? Why.Refused.OWNER_SIGNATURE : e.kind === 'not-for-me' ? Why.Refused.OWNER_OTHER_INSTANCE : Why.Refused.OWNER_FORMAT;
 }
+
+/** The detail for `status` from `reason`, or 0 if the reason belongs to another status (never mislabel). */
+function detailFor(status: Status, reason: RefusalReason | undefined, arg = 0): number {
+  return reason !== undefined && reason.status === status ? refusalDetail(reason, arg) : 0;
+}
+
+/** The status of an importer refusal: pinned per kind (protocol/refusal.ts, checked by the model replay). */
+function importStatus(e: ImportError): Status {
+  return IMPORT_ERROR_STATUS[e.kind];
+}
+
+/** A frame the MH never exports or imports, by why (scratch.refusal). */
+function frameReason(why: 'range' | 'mh' | 'shared'): RefusalReason {
+  return why === 'range' ? Why.BadGfn.BEYOND_MEMORY : why === 'mh' ? Why.BadGfn.MH_FRAME : Why.BadGfn.SHARED_FRAME;
+}
+
+const KNOWN_OPS: ReadonlySet<number> = new Set(Object.values(MailboxOp).filter((op) => op !== MailboxOp.Invalid));
 
 export interface MhServiceStats {
   requests: number;
@@ -111,8 +118,9 @@ export class MhService {
   readonly stats: MhServiceStats = { requests: 0, pagesExported: 0, pagesImported: 0 };
   private pending: SourcePending | null = null;
   private importer: ImporterState | null = null;
-  /** The target session's migration id and, once verified, its start-token hash (for the owner's receipt, §7.6). */
-  private importMid: Uint8Array | null = null;
+  /** The migration id of the importer's session (the importer's terminal states do not keep it). */
+  private importerMid: Uint8Array | null = null;
+  /** Its start-token hash once verified (for the owner's receipt, §7.6). */
   private importStart: Uint8Array | null = null;
   private readonly recordCopy: Uint8Array;
   private readonly pageViews: Uint8Array[] = new Array<Uint8Array>(MAX_PAGES_PER_RECORD);
@@ -163,8 +171,10 @@ export class MhService {
     }
     const reqs = this.mailbox.waitForRequests(timeoutMs, 8);
     for (const r of reqs) {
+      // A bad descriptor is answered with its request id, its op when it is a known one (a
+      // completion must name a valid op: SHUTDOWN stands in otherwise) and what was wrong.
       const c = r instanceof MailboxError
-        ? { requestId: r.requestId ?? 0, status: S.BadDescriptor, op: MailboxOp.Shutdown, slot: NO_SLOT, bytesWritten: 0, detail: 0 } satisfies Completion
+        ? { requestId: r.requestId ?? 0, status: S.BadDescriptor, op: (r.op !== undefined && KNOWN_OPS.has(r.op) ? r.op : MailboxOp.Shutdown) as MailboxOp, slot: NO_SLOT, bytesWritten: 0, detail: descriptorDetail(r) } satisfies Completion
         : this.serve(r);
       while (this.mailbox.complete(c) === 0) {
         this.ctx.checkpoint();
@@ -183,10 +193,13 @@ export class MhService {
       return { ...base, status: S.Ok, bytesWritten: req.slot === NO_SLOT ? 0 : written };
     } catch (e) {
       if (e instanceof Refusal) return { ...base, status: e.status, detail: e.detail >>> 0 };
-      if (e instanceof MhSessionError) return { ...base, status: e.kind === 'handshake' ? S.AuthFailed : e.kind === 'state' ? S.BadState : S.Refused };
-      if (e instanceof MhKeyError) return { ...base, status: e.kind === 'stream' ? S.Refused : S.BadState };
-      if (e instanceof RecordError) return { ...base, status: e.kind === 'auth' ? S.AuthFailed : S.Refused };
-      if (e instanceof MailboxError) return { ...base, status: S.BadDescriptor };
+      if (e instanceof MhSessionError) {
+        const status = e.kind === 'handshake' ? S.AuthFailed : e.kind === 'state' ? S.BadState : S.Refused;
+        return { ...base, status, detail: detailFor(status, e.reason) };
+      }
+      if (e instanceof MhKeyError) return e.kind === 'stream' ? { ...base, status: S.Refused, detail: refusalDetail(Why.Refused.STREAM_NO_KEY) } : { ...base, status: S.BadState, detail: refusalDetail(Why.BadState.NO_KEYS) };
+      if (e instanceof RecordError) return e.kind === 'auth' ? { ...base, status: S.AuthFailed, detail: refusalDetail(Why.AuthFailed.RECORD_TAG) } : { ...base, status: S.Refused, detail: refusalDetail(recordReason(S.Refused, e.kind)) };
+      if (e instanceof MailboxError) return { ...base, status: S.BadDescriptor, detail: descriptorDetail(e) };
       return { ...base, status: S.Internal };
     }
   }
@@ -194,7 +207,7 @@ export class MhService {
   private dispatch(req: RequestDescriptor): number {
     const role = this.scratch.get(W.ROLE);
     const onlyZero = () => {
-      if (this.k !== 0) refuse(S.Unsupported, `${req.op} is served by MH vCPU 0`);
+      if (this.k !== 0) refuse(Why.Unsupported.NOT_MH0, `${req.op} is served by MH vCPU 0`);
     };
     switch (req.op) {
       case MailboxOp.Shutdown:
@@ -228,7 +241,7 @@ export class MhService {
         onlyZero();
         return role === Role.SOURCE ? this.sourceAbort(req) : this.targetEnd(req, 'abort');
       case MailboxOp.ImportVcpu:
-        return refuse(S.Unsupported, 'vCPU state travels as a VCPU_STATE record (IMPORT_RECORD)');
+        return refuse(Why.Unsupported.IMPORT_VCPU, 'vCPU state travels as a VCPU_STATE record (IMPORT_RECORD)');
       case MailboxOp.StandDown:
         onlyZero();
         return this.standDown(req, role);
@@ -236,7 +249,7 @@ export class MhService {
         onlyZero();
         return this.release(req, role);
       default:
-        return refuse(S.Unsupported, 'unknown op');
+        return refuse(Why.Unsupported.UNKNOWN_OP, 'unknown op');
     }
   }
 
@@ -257,8 +270,8 @@ export class MhService {
   }
 
   private needSource(role: number): void {
-    if (role !== Role.SOURCE) refuse(S.BadState, `no source session (role ${role})`, role);
-    if (this.scratch.get(W.MIGRATED) !== 0) refuse(S.BadState, 'migrated away');
+    if (role !== Role.SOURCE) refuse(role === Role.MIGRATED ? Why.BadState.MIGRATED : Why.BadState.NO_SESSION, `no source session (role ${role})`);
+    if (this.scratch.get(W.MIGRATED) !== 0) refuse(Why.BadState.MIGRATED, 'migrated away');
   }
 
   private input(req: RequestDescriptor): Uint8Array {
@@ -267,7 +280,7 @@ export class MhService {
 
   private out(req: RequestDescriptor, bytes: Uint8Array): number {
     const slot = this.mailbox.slot(req.slot);
-    if (bytes.byteLength > slot.byteLength) refuse(S.NoSpace, 'output does not fit the slot', bytes.byteLength);
+    if (bytes.byteLength > slot.byteLength) refuse(Why.NoSpace.OUTPUT, 'output does not fit the slot', bytes.byteLength);
     slot.set(bytes);
     return bytes.byteLength;
   }
@@ -279,15 +292,18 @@ export class MhService {
   // ---- handshake ---------------------------------------------------------------------------
 
   private handshakeSource(req: RequestDescriptor, role: number): number {
-    if (role !== Role.IDLE) refuse(S.BadState, `handshake in role ${role}`, role);
+    if (role !== Role.IDLE) {
+      const used = role === Role.SOURCE && this.sameMigration(this.input(req), this.sessionId());
+      refuse(used ? Why.BadState.TICKET_USED : role === Role.MIGRATED ? Why.BadState.MIGRATED : Why.BadState.SESSION_OPEN, `handshake in role ${role}`);
+    }
     const data = this.input(req);
     // A ticket while a handshake is pending starts over: the HV gave up on message 2 (a cancel
     // between the messages). No session keys exist yet, so dropping the pending one loses nothing.
     if (this.pending !== null && data.byteLength === TICKET_SIZE) this.dropPending();
     if (this.pending === null) {
-      if (data.byteLength !== TICKET_SIZE) refuse(S.Refused, `message 0 must be the ${TICKET_SIZE}-byte ticket`, TICKET_SIZE);
+      if (data.byteLength !== TICKET_SIZE) refuse(Why.Refused.NOT_A_TICKET, `message 0 must be the ${TICKET_SIZE}-byte ticket`);
       const streams = req.stream;
-      if (streams < 1 || streams > 64) refuse(S.Refused, `streams ${streams}`);
+      if (streams < 1 || streams > 64) refuse(Why.Refused.STREAM_COUNT, `streams ${streams}`, streams);
       const r = sourceBegin(this.ctx.mem, { ticket: data.slice(), now: this.now(), view: this.view(), streams });
       this.pending = r.pending;
       return this.out(req, r.message);
@@ -300,17 +316,26 @@ export class MhService {
     return 0;
   }
 
+  /** True when `data` is a ticket (or starts with one) for migration `mid`: only picks the refusal's words, never trusted. */
+  private sameMigration(data: Uint8Array, mid: Uint8Array): boolean {
+    const at = TicketOffset.migrationId;
+    return data.byteLength >= TICKET_SIZE && equalBytes(data.subarray(at, at + mid.byteLength), mid);
+  }
+
   private dropPending(): void {
     this.pending?.hs.destroy();
     this.pending = null;
   }
 
   private handshakeTarget(req: RequestDescriptor): number {
-    if (this.importer !== null) refuse(S.BadState, 'a session is already open');
+    if (this.importer !== null) {
+      const used = this.importerMid !== null && this.sameMigration(this.input(req), this.importerMid);
+      refuse(used ? Why.BadState.TICKET_USED : Why.BadState.SESSION_OPEN, 'a session is already open');
+    }
     const data = this.input(req);
-    if (data.byteLength <= TICKET_SIZE) refuse(S.Refused, 'ticket ‖ message 1 expected');
+    if (data.byteLength <= TICKET_SIZE) refuse(Why.Refused.NO_TICKET_AND_MESSAGE, 'ticket ‖ message 1 expected');
     const streams = req.stream;
-    if (streams < 1 || streams > 64) refuse(S.Refused, `streams ${streams}`);
+    if (streams < 1 || streams > 64) refuse(Why.Refused.STREAM_COUNT, `streams ${streams}`, streams);
     const r = targetRespond(this.ctx.mem, {
       ticket: data.slice(0, TICKET_SIZE),
       message: data.slice(TICKET_SIZE),
@@ -319,7 +344,7 @@ export class MhService {
       streams,
     });
     this.importer = newImporter({ migrationId: r.migrationId, streams, vcpuCount: this.ctx.vcpuCount, pageLimit: this.region.pages });
-    this.importMid = r.migrationId.slice();
+    this.importerMid = Uint8Array.from(r.migrationId);
     this.scratch.resetSession();
     return this.out(req, r.message);
   }
@@ -328,13 +353,13 @@ export class MhService {
 
   private ownStream(stream: number): void {
     const owner = streamOwner(this.region, stream);
-    if (owner !== this.k) refuse(S.Refused, `stream ${stream} is served by MH vCPU ${owner}`, owner);
+    if (owner !== this.k) refuse(Why.Refused.STREAM_OWNER, `stream ${stream} is served by MH vCPU ${owner}`, owner);
   }
 
   private openEpoch(epoch: number): void {
     const open = this.scratch.get(W.OPEN_EPOCH);
-    if (epoch !== open) refuse(S.OutOfOrder, `epoch ${epoch}, the open epoch is ${open}`, open);
-    if (this.scratch.get(W.START_EMITTED) !== 0) refuse(S.BadState, 'the start token has left');
+    if (epoch !== open) refuse(Why.OutOfOrder.EPOCH_NOT_OPEN, `epoch ${epoch}, the open epoch is ${open}`, open);
+    if (this.scratch.get(W.START_EMITTED) !== 0) refuse(Why.BadState.START_SENT, 'the start token has left');
   }
 
   private exportPages(req: RequestDescriptor): number {
@@ -345,11 +370,14 @@ export class MhService {
     const seen = new Set<number>();
     for (let i = 0; i < gfns.length; i++) {
       const g = gfns[i] as number;
-      if (sc.refusal(g) !== null || seen.has(g) || Atomics.load(sc.epochs, g) === req.epoch + 1) refuse(S.BadGfn, `GFN ${g} (index ${i}) refused`, i);
+      const not = sc.refusal(g);
+      if (not !== null) refuse(frameReason(not), `GFN ${g} (index ${i}) is not migratable (${not})`, i);
+      if (seen.has(g)) refuse(Why.BadGfn.DUPLICATE_IN_LIST, `GFN ${g} (index ${i}) twice in the list`, i);
+      if (Atomics.load(sc.epochs, g) === req.epoch + 1) refuse(Why.BadGfn.ALREADY_EXPORTED, `GFN ${g} (index ${i}) already exported in epoch ${req.epoch}`, i);
       seen.add(g);
     }
     const len = recordLength(gfns.length);
-    if (len > this.region.mailbox.slotBytes) refuse(S.NoSpace, 'record does not fit the slot', len);
+    if (len > this.region.mailbox.slotBytes) refuse(Why.NoSpace.OUTPUT, 'record does not fit the slot', len);
     const key = streamKey(this.ctx.mem, req.stream);
     const seq = sc.get(W.STREAM_NEXT + req.stream);
     const views = this.pageViews;
@@ -393,13 +421,13 @@ export class MhService {
   private exportVcpu(req: RequestDescriptor): number {
     this.ownStream(req.stream);
     this.openEpoch(req.epoch);
-    if (!this.quiesced()) refuse(S.BadState, 'vCPU state only with the guest quiesced');
+    if (!this.quiesced()) refuse(Why.BadState.NOT_QUIESCED, 'vCPU state only with the guest quiesced');
     const i = req.vcpu;
-    if (i >= this.ctx.vcpuCount) refuse(S.Refused, `vCPU ${i} of ${this.ctx.vcpuCount}`, this.ctx.vcpuCount);
+    if (i >= this.ctx.vcpuCount) refuse(Why.Refused.VCPU_INDEX, `vCPU ${i} of ${this.ctx.vcpuCount}`, this.ctx.vcpuCount);
     const sc = this.scratch;
     const word = W.VCPU_SENT + (i >>> 5);
     const bit = 1 << (i & 31);
-    if (Atomics.or(sc.words, word, bit) & bit) refuse(S.BadState, `vCPU ${i} already exported`, i);
+    if (Atomics.or(sc.words, word, bit) & bit) refuse(Why.BadState.VCPU_SENT, `vCPU ${i} already exported`, i);
     const seq = sc.get(W.STREAM_NEXT + req.stream);
     const key = streamKey(this.ctx.mem, req.stream);
     let out: Uint8Array;
@@ -429,7 +457,7 @@ export class MhService {
       case TokenKind.RESUME:
         // Before the start token the HV may give up (a lost connection: no ABORT will come): the
         // session closes as on ABORT. After it, only a valid ABORT resumes the guest (§4.6).
-        if (sc.get(W.START_EMITTED) !== 0) refuse(S.BadState, 'after the start token only a valid ABORT resumes the guest');
+        if (sc.get(W.START_EMITTED) !== 0) refuse(Why.BadState.START_SENT, 'after the start token only a valid ABORT resumes the guest');
         this.closeSourceSession();
         return 0;
       case TokenKind.EPOCH_END:
@@ -437,7 +465,7 @@ export class MhService {
       case TokenKind.START:
         return this.startToken(req);
       default:
-        return refuse(S.Refused, `token kind ${req.stream}`);
+        return refuse(Why.Refused.TOKEN_KIND, `token kind ${req.stream}`, req.stream);
     }
   }
 
@@ -446,7 +474,7 @@ export class MhService {
     sc.set(W.QUIESCE, 1);
     const deadline = this.ctx.now() + QUIESCE_WAIT_MS;
     while (!this.quiesced()) {
-      if (this.ctx.now() >= deadline) refuse(S.BadState, 'workload vCPUs did not park (paused by the HV?)', sc.get(W.PARKED));
+      if (this.ctx.now() >= deadline) refuse(Why.BadState.NOT_PARKED, 'workload vCPUs did not park (paused by the HV?)', sc.get(W.PARKED));
       this.ctx.checkpoint();
       Atomics.wait(sc.words, W.PARKED, sc.get(W.PARKED), 5);
     }
@@ -470,15 +498,15 @@ export class MhService {
 
   private startToken(req: RequestDescriptor): number {
     const sc = this.scratch;
-    if (sc.get(W.START_EMITTED) !== 0) refuse(S.BadState, 'start token already sent');
+    if (sc.get(W.START_EMITTED) !== 0) refuse(Why.BadState.START_SENT, 'start token already sent');
     const open = sc.get(W.OPEN_EPOCH);
-    if (open === 0 || req.epoch !== open - 1) refuse(S.OutOfOrder, `final epoch ${req.epoch}: the last ended epoch is ${open - 1}`, open - 1);
-    if (sc.get(W.EPOCH_RECORDS) !== 0) refuse(S.BadState, 'records after the final EPOCH_END');
-    if (!this.quiesced()) refuse(S.BadState, 'the start token needs the guest quiesced');
+    if (open === 0 || req.epoch !== open - 1) refuse(Why.OutOfOrder.FINAL_EPOCH, `final epoch ${req.epoch}: the last ended epoch is ${open - 1}`, open - 1);
+    if (sc.get(W.EPOCH_RECORDS) !== 0) refuse(Why.BadState.RECORDS_AFTER_END, 'records after the final EPOCH_END');
+    if (!this.quiesced()) refuse(Why.BadState.NOT_QUIESCED, 'the start token needs the guest quiesced');
     for (let i = 0; i < this.ctx.vcpuCount; i++)
-      if ((sc.get(W.VCPU_SENT + (i >>> 5)) & (1 << (i & 31))) === 0) refuse(S.BadState, `vCPU ${i} state not exported`, i);
+      if ((sc.get(W.VCPU_SENT + (i >>> 5)) & (1 << (i & 31))) === 0) refuse(Why.BadState.VCPU_MISSING, `vCPU ${i} state not exported`, i);
     const dirty = sc.firstDirty();
-    if (dirty >= 0) refuse(S.BadState, `GFN ${dirty} is dirty: export it first`, dirty);
+    if (dirty >= 0) refuse(Why.BadState.DIRTY_PAGE, `GFN ${dirty} is dirty: export it first`, dirty);
     // Every export is done (no dirty page, every vCPU sent): the table is quiet, plain reads suffice.
     const set = privatePageSetDigestDense(sc.epochs.subarray(0, this.region.pages));
     const body = encodeStartToken({
@@ -515,11 +543,11 @@ export class MhService {
 
   /** Opens a backward record from the slot: the target's COMMIT or ABORT. */
   private backward(req: RequestDescriptor, type: (typeof RecordType)['COMMIT' | 'ABORT']): Uint8Array {
-    if (req.slot === NO_SLOT || req.dataLength === 0) refuse(S.Refused, 'a sealed backward record is required');
+    if (req.slot === NO_SLOT || req.dataLength === 0) refuse(Why.Refused.BACKWARD_EXPECTED, 'a sealed backward record is required');
     const bytes = this.input(req).slice();
     const h = peekHeader(bytes);
-    if (h.type !== type || h.stream !== BACKWARD_STREAM || h.sequence !== 0) refuse(S.Refused, 'not the expected backward record');
-    if (!equalBytes(h.migrationId, this.sessionId())) refuse(S.Refused, 'another migration');
+    if (h.type !== type || h.stream !== BACKWARD_STREAM || h.sequence !== 0) refuse(Why.Refused.BACKWARD_EXPECTED, 'not the expected backward record');
+    if (!equalBytes(h.migrationId, this.sessionId())) refuse(Why.Refused.MIGRATION_ID, 'another migration');
     const key = backwardKey(this.ctx.mem);
     try {
       return openRecord({ key, backend: this.aead, bytes, header: h }).body;
@@ -530,9 +558,9 @@ export class MhService {
 
   private sourceCommit(req: RequestDescriptor): number {
     const sc = this.scratch;
-    if (sc.get(W.START_EMITTED) === 0) refuse(S.BadState, 'COMMIT before the start token');
+    if (sc.get(W.START_EMITTED) === 0) refuse(Why.BadState.COMMIT_BEFORE_START, 'COMMIT before the start token');
     const c = decodeCommit(this.backward(req, RecordType.COMMIT));
-    if (!equalBytes(c.startTokenHash, sc.control.subarray(START_HASH_OFF, START_HASH_OFF + 32))) refuse(S.Refused, 'COMMIT names another start token');
+    if (!equalBytes(c.startTokenHash, sc.control.subarray(START_HASH_OFF, START_HASH_OFF + 32))) refuse(Why.Refused.COMMIT_OTHER_START, 'COMMIT names another start token');
     zeroizeMh(this.ctx.mem, true);
     this.dropKeyed();
     sc.set(W.MIGRATED, 1);
@@ -563,13 +591,14 @@ export class MhService {
     this.importer = r.state;
     if (!r.ok) {
       if (r.state.kind === 'Failed') this.scratch.set(W.ROLE, Role.DEAD);
-      throw new Refusal(importStatus(r.error), r.error.message);
+      const status = importStatus(r.error);
+      throw new Refusal(status, r.error.message, r.error.reason.status === status ? r.error.detail : 0);
     }
     return r;
   }
 
   private importOne(req: RequestDescriptor): number {
-    if (this.importer === null || this.scratch.get(W.ROLE) !== Role.TARGET) refuse(S.BadState, 'no incoming session');
+    if (this.importer === null || this.scratch.get(W.ROLE) !== Role.TARGET) refuse(this.importer === null ? Why.BadState.NO_INCOMING : this.importer.kind === 'Failed' ? Why.BadState.IMPORT_FAILED : Why.BadState.IMPORT_OVER, 'no incoming session');
     // Read once: a private copy, so the HV cannot change the record between the checks and the open.
     const bytes = this.input(req);
     let h: ParsedHeader;
@@ -580,13 +609,15 @@ export class MhService {
         this.stepOrRefuse({ kind: 'record', header: h });
         return 0;
       }
-      for (let i = 0; i < h.gfns.length; i++)
-        if (this.scratch.refusal(h.gfns[i] as number) !== null) {
+      for (let i = 0; i < h.gfns.length; i++) {
+        const not = this.scratch.refusal(h.gfns[i] as number);
+        if (not !== null) {
           // Never written into the MH's own pages or the shared ones: the import fails for good.
           this.importer = step(this.importer as ImporterState, { kind: 'fail', cause: new RecordError('value', `GFN ${h.gfns[i]} is not migratable`) }).state;
           this.scratch.set(W.ROLE, Role.DEAD);
-          refuse(S.BadGfn, `GFN ${h.gfns[i]} (index ${i}) is not migratable`, i);
+          refuse(frameReason(not), `GFN ${h.gfns[i]} (index ${i}) is not migratable (${not})`, i);
         }
+      }
       const key = streamKey(this.ctx.mem, h.stream);
       try {
         // Verified before anything is written to the guest: AES-GCM writes plaintext before the
@@ -631,11 +662,11 @@ export class MhService {
   }
 
   private targetEnd(req: RequestDescriptor, what: 'commit' | 'abort'): number {
-    if (this.importer === null) refuse(S.BadState, `${what} without an incoming session`);
+    if (this.importer === null) refuse(Why.BadState.NO_INCOMING, `${what} without an incoming session`);
     const r = this.stepOrRefuse(what === 'commit' ? { kind: 'commit' } : { kind: 'abort', reason: AbortReason.CANCELLED });
     const act = r.actions.find((a) => a.kind === 'send-commit' || a.kind === 'send-abort');
-    if (act === undefined || (act.kind !== 'send-commit' && act.kind !== 'send-abort')) return refuse(S.Internal, 'no token to send');
-    if (req.slot === NO_SLOT) refuse(S.NoSpace, 'a slot is needed for the token');
+    if (act === undefined || (act.kind !== 'send-commit' && act.kind !== 'send-abort')) return refuse(Why.Internal.NO_TOKEN, 'no token to send');
+    if (req.slot === NO_SLOT) refuse(Why.NoSpace.NO_SLOT, 'a slot is needed for the token');
     const key = backwardKey(this.ctx.mem);
     let len: number;
     try {
@@ -670,7 +701,7 @@ export class MhService {
     try {
       return readIdentity(this.ctx.mem);
     } catch (e) {
-      if (e instanceof MhKeyError) return refuse(S.BadState, 'the MH identity is zeroized');
+      if (e instanceof MhKeyError) return refuse(Why.BadState.IDENTITY_GONE, 'the MH identity is zeroized');
       throw e;
     }
   }
@@ -688,20 +719,20 @@ export class MhService {
       try {
         sd = verifyStandDown(this.input(req).slice(), { ownerPublic: id.ownerPublic, selfPublic: id.identityPublic });
       } catch (e) {
-        if (e instanceof ReleaseError) refuse(S.Refused, e.message);
+        if (e instanceof ReleaseError) refuse(ownerWhy(e), e.message);
         throw e;
       }
-      const mine = this.importMid === null || equalBytes(this.importMid, sd.migrationId);
+      const mine = this.importerMid === null || equalBytes(this.importerMid, sd.migrationId);
       // One target instance serves one migration: a stand-down for another is the owner's mistake or a replay.
-      if (!mine) refuse(S.Refused, 'the stand-down names another migration');
+      if (!mine) refuse(Why.Refused.OWNER_OTHER_MIGRATION, 'the stand-down names another migration');
       let outcome: ReceiptOutcome;
       if (this.importer?.kind === 'Committed') outcome = ReceiptOutcome.COMMITTED;
       else {
         // A source session, or an instance that migrated away, is not a target to stand down.
-        if (role === Role.SOURCE || role === Role.MIGRATED) refuse(S.BadState, `stand-down in role ${role}`, role);
+        if (role === Role.SOURCE || role === Role.MIGRATED) refuse(Why.BadState.STAND_DOWN_ROLE, `stand-down in role ${role}`, role);
         const imp = this.importer;
         if (imp === null || imp.kind === 'Receiving' || imp.kind === 'Started') this.importer = { kind: 'Aborted', reason: AbortReason.CANCELLED };
-        this.importMid = sd.migrationId;
+        this.importerMid = sd.migrationId;
         closeSession(this.ctx.mem);
         this.dropKeyed();
         this.scratch.set(W.ROLE, Role.DEAD);
@@ -727,20 +758,20 @@ export class MhService {
     try {
       mid = decodeRelease(data).migrationId;
     } catch (e) {
-      if (e instanceof ReleaseError) refuse(S.Refused, e.message);
+      if (e instanceof ReleaseError) refuse(ownerWhy(e), e.message);
       throw e;
     }
-    if (!equalBytes(mid, this.sessionId())) refuse(S.Refused, 'the release names another migration');
+    if (!equalBytes(mid, this.sessionId())) refuse(Why.Refused.OWNER_OTHER_MIGRATION, 'the release names another migration');
     const id = this.identity();
     try {
       verifyRelease(data, { ownerPublic: id.ownerPublic, selfPublic: id.identityPublic });
     } catch (e) {
-      if (e instanceof ReleaseError) refuse(S.Refused, e.message);
+      if (e instanceof ReleaseError) refuse(ownerWhy(e), e.message);
       throw e;
     } finally {
       id.identityPrivate.fill(0);
     }
-    if (this.scratch.get(W.START_EMITTED) === 0) refuse(S.BadState, 'no start token yet: TOKEN RESUME closes the session');
+    if (this.scratch.get(W.START_EMITTED) === 0) refuse(Why.BadState.RELEASE_BEFORE_START, 'no start token yet: TOKEN RESUME closes the session');
     this.closeSourceSession();
     return 0;
   }

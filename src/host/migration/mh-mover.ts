@@ -18,6 +18,7 @@ import { FW_MH_KEYS_BASE, FW_MH_KEYS_SIZE } from '../../protocol/firmware-image.
 import { CompletionStatus, HostMailbox, MailboxError, MailboxOp, viewsOver, type Completion, type RequestDescriptor } from '../../protocol/mailbox/index.js';
 import { MH_GEOMETRY, inMhRegion, mailboxGpa, streamOwner, type MhRegion } from '../../protocol/mh-layout.js';
 import { MAX_PAGES_PER_RECORD } from '../../protocol/record.js';
+import { describeRefusal } from '../../protocol/refusal.js';
 
 export type MhErrorKind = 'status' | 'timeout' | 'mailbox' | 'setup' | 'usage';
 
@@ -32,7 +33,6 @@ export class MhError extends Error {
 export const MhToken = { EPOCH_END: 0, QUIESCE: 1, START: 2, RESUME: 3 } as const;
 export type MhTokenKind = (typeof MhToken)[keyof typeof MhToken];
 
-const STATUS_NAMES = Object.fromEntries(Object.entries(CompletionStatus).map(([k, v]) => [v, k])) as Record<number, string>;
 const OP_NAMES = Object.fromEntries(Object.entries(MailboxOp).map(([k, v]) => [v, k])) as Record<number, string>;
 
 /** The MH key region the firmware image publishes (protocol/firmware-image.ts): never migrated. */
@@ -202,7 +202,7 @@ export class MhLink {
 /** Throws MhError('status') unless the completion is Ok. */
 export function expectOk(c: Completion, what: string, mh: number): void {
   if (c.status !== CompletionStatus.Ok) {
-    throw new MhError('status', `MH ${mh}: ${what} refused: ${STATUS_NAMES[c.status] ?? c.status} (detail ${c.detail})`, c.status, c.detail);
+    throw new MhError('status', `MH ${mh}: ${what} refused: ${describeRefusal(c.status, c.detail)}`, c.status, c.detail);
   }
 }
 

@@ -30,13 +30,13 @@
  * | 6   | 2    | op of the request being completed                           |
  * | 8   | 4    | data slot (< slot count, or NO_SLOT)                        |
  * | 12  | 4    | bytes written into the slot (≤ slot size; 0 with NO_SLOT)   |
- * | 16  | 4    | detail (failure detail, e.g. index of the offending GFN; 0 on OK) |
+ * | 16  | 4    | detail (failure: cause + 256 × argument, protocol/refusal.ts; 0 on OK) |
  * | 20  | 44   | reserved, 0                                                 |
  *
  * Parsers take a private copy of the 64 bytes (never a view the peer can still write) and return
  * either a fully valid descriptor or a MailboxError; no allocation depends on a field.
  */
-import { DESCRIPTOR_BYTES, MAX_PAGES_PER_REQUEST, MailboxError } from './layout.js';
+import { DESCRIPTOR_BYTES, MAX_PAGES_PER_REQUEST, MailboxError, type MailboxField } from './layout.js';
 
 export const MailboxOp = {
   Invalid: 0,
@@ -64,17 +64,17 @@ export const CompletionStatus = {
   BadDescriptor: 2,
   /** A well-formed op this MH does not serve in its role (e.g. EXPORT_PAGES on a target). */
   Unsupported: 3,
-  /** A GFN is outside guest memory, shared, or repeated (detail = its index in the list). */
+  /** A GFN is outside guest memory, shared, or repeated (detail: its cause and index in the list, refusal.ts). */
   BadGfn: 4,
   /** Refused by policy: no valid ticket, NOSEND, wrong peer. */
   Refused: 5,
   /** A record, token or handshake message failed authentication. */
   AuthFailed: 6,
-  /** Replay, reorder or stale epoch (detail = the expected sequence or epoch). */
+  /** Replay, reorder or stale epoch (detail: its cause and the expected sequence or epoch, refusal.ts). */
   OutOfOrder: 7,
   /** The op is not allowed in the MH's current state (e.g. IMPORT after COMMIT). */
   BadState: 8,
-  /** The output would not fit the data slot (detail = bytes needed). */
+  /** The output would not fit the data slot (detail: NoSpace.OUTPUT with the bytes needed, refusal.ts). */
   NoSpace: 9,
   Internal: 10,
   /** The MH is shutting down and serves no more requests. */
@@ -145,45 +145,46 @@ function u16ok(v: number): boolean {
  */
 function checkRequest(d: RequestDescriptor, lim: SlotLimits): void {
   const id = d.requestId;
-  const bad = (what: string) => new MailboxError('field', `request ${id >>> 0} (${opName(d.op)}): ${what}`, id >>> 0);
-  if (!u32ok(id)) throw new MailboxError('field', `request id ${id} is not a u32`);
-  if (!Number.isInteger(d.op) || d.op < 1 || d.op > MAX_OP) throw new MailboxError('op', `request ${id}: unknown op ${d.op}`, id);
-  if (!u32ok(d.epoch)) throw bad(`epoch ${d.epoch} is not a u32`);
-  if (!u16ok(d.stream)) throw bad(`stream ${d.stream} is not a u16`);
-  if (!u32ok(d.vcpu)) throw bad(`vcpu ${d.vcpu} is not a u32`);
-  if (!u16ok(d.pageCount)) throw bad(`page count ${d.pageCount} is not a u16`);
-  if (!u32ok(d.dataLength)) throw bad(`data length ${d.dataLength} is not a u32`);
-  if (!u32ok(d.slot)) throw bad(`slot ${d.slot} is not a u32`);
+  const op = d.op as number;
+  const bad = (what: string, field: MailboxField) => new MailboxError('field', `request ${id >>> 0} (${opName(d.op)}): ${what}`, id >>> 0, { field, op });
+  if (!u32ok(id)) throw new MailboxError('field', `request id ${id} is not a u32`, undefined, { field: 'id', op });
+  if (!Number.isInteger(d.op) || d.op < 1 || d.op > MAX_OP) throw new MailboxError('op', `request ${id}: unknown op ${d.op}`, id, { op });
+  if (!u32ok(d.epoch)) throw bad(`epoch ${d.epoch} is not a u32`, 'epoch');
+  if (!u16ok(d.stream)) throw bad(`stream ${d.stream} is not a u16`, 'stream');
+  if (!u32ok(d.vcpu)) throw bad(`vcpu ${d.vcpu} is not a u32`, 'vcpu');
+  if (!u16ok(d.pageCount)) throw bad(`page count ${d.pageCount} is not a u16`, 'pages');
+  if (!u32ok(d.dataLength)) throw bad(`data length ${d.dataLength} is not a u32`, 'length');
+  if (!u32ok(d.slot)) throw bad(`slot ${d.slot} is not a u32`, 'slot');
   const hasSlot = d.slot !== NO_SLOT;
-  if (hasSlot && d.slot >= lim.slotCount) throw bad(`data slot ${d.slot} ≥ slot count ${lim.slotCount}`);
-  if (!hasSlot && d.dataLength !== 0) throw bad(`data length ${d.dataLength} without a data slot`);
-  if (d.dataLength > lim.slotBytes) throw bad(`data length ${d.dataLength} > slot size ${lim.slotBytes}`);
-  if (d.op !== MailboxOp.ExportPages && d.pageCount !== 0) throw bad(`page count ${d.pageCount} must be 0`);
-  if (d.op !== MailboxOp.ExportVcpu && d.op !== MailboxOp.ImportVcpu && d.vcpu !== 0) throw bad(`vcpu ${d.vcpu} must be 0`);
+  if (hasSlot && d.slot >= lim.slotCount) throw bad(`data slot ${d.slot} ≥ slot count ${lim.slotCount}`, 'slot');
+  if (!hasSlot && d.dataLength !== 0) throw bad(`data length ${d.dataLength} without a data slot`, 'slot');
+  if (d.dataLength > lim.slotBytes) throw bad(`data length ${d.dataLength} > slot size ${lim.slotBytes}`, 'length');
+  if (d.op !== MailboxOp.ExportPages && d.pageCount !== 0) throw bad(`page count ${d.pageCount} must be 0`, 'pages');
+  if (d.op !== MailboxOp.ExportVcpu && d.op !== MailboxOp.ImportVcpu && d.vcpu !== 0) throw bad(`vcpu ${d.vcpu} must be 0`, 'vcpu');
   switch (d.op) {
     case MailboxOp.ExportPages:
-      if (d.pageCount < 1 || d.pageCount > MAX_PAGES_PER_REQUEST) throw bad(`page count ${d.pageCount} not in 1..${MAX_PAGES_PER_REQUEST}`);
-      if (d.dataLength !== d.pageCount * 8) throw bad(`data length ${d.dataLength} != ${d.pageCount} GFNs × 8`);
+      if (d.pageCount < 1 || d.pageCount > MAX_PAGES_PER_REQUEST) throw bad(`page count ${d.pageCount} not in 1..${MAX_PAGES_PER_REQUEST}`, 'pages');
+      if (d.dataLength !== d.pageCount * 8) throw bad(`data length ${d.dataLength} != ${d.pageCount} GFNs × 8`, 'length');
       break;
     case MailboxOp.ImportRecord:
     case MailboxOp.ImportVcpu:
-      if (d.dataLength < 1) throw bad('data length 0: nothing to import');
+      if (d.dataLength < 1) throw bad('data length 0: nothing to import', 'length');
       break;
     case MailboxOp.StandDown:
     case MailboxOp.Release:
-      if (d.dataLength < 1) throw bad('data length 0: the owner-signed request is missing');
+      if (d.dataLength < 1) throw bad('data length 0: the owner-signed request is missing', 'length');
       break;
     case MailboxOp.ExportVcpu:
-      if (d.dataLength !== 0) throw bad(`data length ${d.dataLength} must be 0`);
+      if (d.dataLength !== 0) throw bad(`data length ${d.dataLength} must be 0`, 'length');
       break;
     case MailboxOp.Shutdown:
-      if (hasSlot) throw bad(`data slot ${d.slot} must be NO_SLOT`);
+      if (hasSlot) throw bad(`data slot ${d.slot} must be NO_SLOT`, 'slot');
       break;
     default:
       break;
   }
   const needsSlot = d.op !== MailboxOp.Commit && d.op !== MailboxOp.Abort && d.op !== MailboxOp.Shutdown;
-  if (needsSlot && !hasSlot) throw bad('a data slot is required');
+  if (needsSlot && !hasSlot) throw bad('a data slot is required', 'slot');
 }
 
 /** Encodes a request into `out` (64 bytes, e.g. a ring entry); throws MailboxError on invalid fields. */
@@ -203,10 +204,10 @@ export function encodeRequest(d: RequestDescriptor, lim: SlotLimits, out: Uint8A
   return out;
 }
 
-function checkReservedZero(dv: DataView, from: number, what: string, requestId: number): void {
+function checkReservedZero(dv: DataView, from: number, what: string, requestId: number, op?: number): void {
   for (let off = from; off < DESCRIPTOR_BYTES; off += 4) {
     const v = dv.getUint32(off, true);
-    if (v !== 0) throw new MailboxError('reserved', `${what} ${requestId}: reserved word at ${off} = 0x${v.toString(16)}`, requestId);
+    if (v !== 0) throw new MailboxError('reserved', `${what} ${requestId}: reserved word at ${off} = 0x${v.toString(16)}`, requestId, op === undefined ? {} : { op });
   }
 }
 
@@ -223,11 +224,12 @@ export function parseRequest(bytes: Uint8Array, lim: SlotLimits): RequestDescrip
 export function parseRequestView(dv: DataView, lim: SlotLimits): RequestDescriptor {
   if (dv.byteLength !== DESCRIPTOR_BYTES) throw new MailboxError('length', `request descriptor: need ${DESCRIPTOR_BYTES} bytes, got ${dv.byteLength}`);
   const requestId = dv.getUint32(4, true);
+  const op = dv.getUint16(0, true);
   const flags = dv.getUint16(2, true);
-  if (flags !== 0) throw new MailboxError('reserved', `request ${requestId}: flags 0x${flags.toString(16)} != 0`, requestId);
-  checkReservedZero(dv, 28, 'request', requestId);
+  if (flags !== 0) throw new MailboxError('reserved', `request ${requestId}: flags 0x${flags.toString(16)} != 0`, requestId, { op });
+  checkReservedZero(dv, 28, 'request', requestId, op);
   const d: RequestDescriptor = {
-    op: dv.getUint16(0, true) as MailboxOp,
+    op: op as MailboxOp,
     requestId,
     epoch: dv.getUint32(8, true),
     stream: dv.getUint16(12, true),
@@ -305,7 +307,7 @@ export function parseGfnList(bytes: Uint8Array, pageCount: number): number[] {
   for (let i = 0; i < pageCount; i++) {
     const lo = dv.getUint32(i * 8, true);
     const hi = dv.getUint32(i * 8 + 4, true);
-    if (hi > 0xfffff) throw new MailboxError('gfn', `GFN list entry ${i}: 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} > 2^52 − 1`);
+    if (hi > 0xfffff) throw new MailboxError('gfn', `GFN list entry ${i}: 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} > 2^52 − 1`, undefined, { at: i });
     out[i] = hi * 0x100000000 + lo;
   }
   return out;

@@ -85,15 +85,34 @@ export const Word = {
  */
 export type MailboxErrorKind = 'length' | 'magic' | 'version' | 'geometry' | 'index' | 'op' | 'field' | 'reserved' | 'gfn' | 'status';
 
+/** Which descriptor field a 'field' (or 'length') error is about: the refusal detail names it (refusal.ts). */
+export type MailboxField = 'id' | 'epoch' | 'stream' | 'pages' | 'slot' | 'length' | 'vcpu' | 'bytes' | 'detail';
+
+/** What else a rejected descriptor tells: which field, the offending list index, its raw op. */
+export interface MailboxErrorInfo {
+  field?: MailboxField;
+  /** 'gfn': the index of the entry in the GFN list. */
+  at?: number;
+  /** The op read from the rejected descriptor (the MH echoes it when it is a known op). */
+  op?: number;
+}
+
 export class MailboxError extends Error {
   override readonly name = 'MailboxError';
+  readonly field?: MailboxField;
+  readonly at?: number;
+  readonly op?: number;
   constructor(
     readonly kind: MailboxErrorKind,
     message: string,
     /** The request id read from a rejected descriptor (so the MH can answer it), when there was one. */
     readonly requestId?: number,
+    info: MailboxErrorInfo = {},
   ) {
     super(message);
+    if (info.field !== undefined) this.field = info.field;
+    if (info.at !== undefined) this.at = info.at;
+    if (info.op !== undefined) this.op = info.op;
   }
 }
 

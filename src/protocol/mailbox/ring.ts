@@ -9,7 +9,9 @@
  * Atomics.wait on the doorbell value seen (a publish in between changes it: no lost wake-up).
  *
  * Hostile peer: each side keeps its own index privately and only ever stores it; it reads the
- * peer's index once per operation and refuses one more than N entries off ('index'). Descriptors
+ * peer's index once per operation and refuses one more than N entries off: the HV's end throws
+ * MailboxError('index'), the MH's end ignores it (last possible value, counted) so that no write
+ * by the HV stops an MH vCPU. Descriptors
  * are copied out of the ring before they are parsed and before the consumer index is released,
  * and the geometry is the one parsed once at construction.
  */
@@ -58,21 +60,37 @@ interface RingWords {
 const REQ: RingWords = { base: 0, prod: Word.REQ_PROD, cons: Word.REQ_CONS, bell: Word.REQ_DOORBELL, space: Word.REQ_SPACE };
 const CPL = (n: number): RingWords => ({ base: n * DESCRIPTOR_BYTES, prod: Word.CPL_PROD, cons: Word.CPL_CONS, bell: Word.CPL_DOORBELL, space: Word.CPL_SPACE });
 
+/**
+ * What a ring end does with an impossible peer index: throw MailboxError('index') (the HV's end:
+ * its caller decides), or ignore it (the MH's end: it must keep serving) — the last possible value
+ * read stands in for it, `bad` is told each impossible value and `ok` each possible read.
+ */
+type OnCorrupt = 'throw' | { bad(value: number): void; ok(): void };
+
 class Producer {
   private head = 0; // private copy of our producer index: the peer may scribble on the shared one
+  private lastCons = 0; // the peer's consumer index as last read when it was possible
   constructor(
     private readonly control: Int32Array,
     private readonly ring: Uint8Array,
     private readonly n: number,
     private readonly w: RingWords,
+    private readonly onCorrupt: OnCorrupt = 'throw',
   ) {}
 
   /** Free entries; reads the peer's consumer index once. */
   free(): number {
     const cons = Atomics.load(this.control, this.w.cons) >>> 0;
     const used = (this.head - cons) >>> 0;
-    if (used > this.n) throw new MailboxError('index', `ring: peer consumer index ${cons} is ${used} behind producer ${this.head} (ring size ${this.n})`);
-    return this.n - used;
+    if (used <= this.n) {
+      this.lastCons = cons;
+      if (this.onCorrupt !== 'throw') this.onCorrupt.ok();
+      return this.n - used;
+    }
+    if (this.onCorrupt === 'throw') throw new MailboxError('index', `ring: peer consumer index ${cons} is ${used} behind producer ${this.head} (ring size ${this.n})`);
+    this.onCorrupt.bad(cons);
+    // head only ever advances into entries free under lastCons, so this stays within 0..n.
+    return this.n - ((this.head - this.lastCons) >>> 0);
   }
 
   /** Private scratch the encoders write into; one 64-byte copy then puts it in the ring. */
@@ -102,19 +120,28 @@ class Producer {
 
 class Consumer {
   private tail = 0;
+  private lastProd = 0; // the peer's producer index as last read when it was possible
   constructor(
     private readonly control: Int32Array,
     private readonly ring: Uint8Array,
     private readonly n: number,
     private readonly w: RingWords,
+    private readonly onCorrupt: OnCorrupt = 'throw',
   ) {}
 
   /** Entries ready; reads the peer's producer index once. */
   available(): number {
     const prod = Atomics.load(this.control, this.w.prod) >>> 0;
     const avail = (prod - this.tail) >>> 0;
-    if (avail > this.n) throw new MailboxError('index', `ring: peer producer index ${prod} is ${avail} ahead of consumer ${this.tail} (ring size ${this.n})`);
-    return avail;
+    if (avail <= this.n) {
+      this.lastProd = prod;
+      if (this.onCorrupt !== 'throw') this.onCorrupt.ok();
+      return avail;
+    }
+    if (this.onCorrupt === 'throw') throw new MailboxError('index', `ring: peer producer index ${prod} is ${avail} ahead of consumer ${this.tail} (ring size ${this.n})`);
+    this.onCorrupt.bad(prod);
+    // tail only ever advances over entries available under lastProd, so this stays within 0..n.
+    return (this.lastProd - this.tail) >>> 0;
   }
 
   private readonly scratch = new Uint8Array(DESCRIPTOR_BYTES);
@@ -158,9 +185,43 @@ function openLayout(views: MailboxViews, expected?: MailboxGeometry): MailboxLay
 /** Result of taking one descriptor: a valid descriptor or the typed reason it was rejected. */
 export type Taken<T> = T | MailboxError;
 
-/** The MH's end: consumes requests, produces completions. Its waits block (MH worker thread). */
+/**
+ * Hostile input the MH's end ignored, by kind (docs/protocol.md §6.5). An impossible index is
+ * counted once per new value seen (the HV can leave it there; the count does not run away).
+ */
+export interface MailboxFaults {
+  /** Impossible request producer indices (HV-written). */
+  producerIndex: number;
+  /** Impossible completion consumer indices (HV-written). */
+  consumerIndex: number;
+  /** Request descriptors that failed validation (each also answered BadDescriptor). */
+  descriptors: number;
+}
+
+/** Counts each new impossible value once; a possible read in between re-arms it. */
+function faultCounter(faults: MailboxFaults, which: 'producerIndex' | 'consumerIndex'): Exclude<OnCorrupt, 'throw'> {
+  let last: number | null = null;
+  return {
+    bad(value: number) {
+      if (value === last) return;
+      last = value;
+      faults[which]++;
+    },
+    ok() {
+      last = null;
+    },
+  };
+}
+
+/**
+ * The MH's end: consumes requests, produces completions. Its waits block (MH worker thread).
+ * Nothing the HV writes makes it throw once it is open: an impossible peer index is ignored (the
+ * last possible value stands, the honest HV's next store heals it) and counted in {@link faults};
+ * a bad descriptor is returned as its MailboxError, to be answered BadDescriptor.
+ */
 export class GuestMailbox {
   readonly layout: MailboxLayout;
+  readonly faults: MailboxFaults = { producerIndex: 0, consumerIndex: 0, descriptors: 0 };
   private readonly req: Consumer;
   private readonly cpl: Producer;
   private readonly lim: SlotLimits;
@@ -172,8 +233,8 @@ export class GuestMailbox {
   ) {
     this.layout = layout;
     this.lim = { slotCount: layout.slotCount, slotBytes: layout.slotBytes };
-    this.req = new Consumer(views.control, views.descriptors, layout.ringSize, REQ);
-    this.cpl = new Producer(views.control, views.descriptors, layout.ringSize, CPL(layout.ringSize));
+    this.req = new Consumer(views.control, views.descriptors, layout.ringSize, REQ, faultCounter(this.faults, 'producerIndex'));
+    this.cpl = new Producer(views.control, views.descriptors, layout.ringSize, CPL(layout.ringSize), faultCounter(this.faults, 'consumerIndex'));
   }
 
   /**
@@ -184,7 +245,7 @@ export class GuestMailbox {
     return new GuestMailbox(views, openLayout(views, expected));
   }
 
-  /** Requests ready to take. Throws MailboxError('index') if the HV's producer index is impossible. */
+  /** Requests ready to take (an impossible HV producer index counts as no new request). */
   pending(): number {
     return this.req.available();
   }
@@ -203,6 +264,7 @@ export class GuestMailbox {
         out.push(parseRequestView(copy, this.lim));
       } catch (e) {
         if (!(e instanceof MailboxError)) throw e;
+        this.faults.descriptors++;
         out.push(e);
       }
     }
@@ -257,7 +319,7 @@ export class GuestMailbox {
    */
   readGfns(req: RequestDescriptor): number[] {
     if (req.op !== MailboxOp.ExportPages) throw new MailboxError('op', `request ${req.requestId}: not EXPORT_PAGES`, req.requestId);
-    if (req.dataLength !== req.pageCount * 8) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} != ${req.pageCount} GFNs × 8`, req.requestId);
+    if (req.dataLength !== req.pageCount * 8) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} != ${req.pageCount} GFNs × 8`, req.requestId, { field: 'length' });
     return parseGfnList(this.readData(req, this.gfnScratch), req.pageCount);
   }
 
@@ -277,7 +339,7 @@ export class GuestMailbox {
 
   private slotInput(req: RequestDescriptor): Uint8Array {
     // Re-check against our own geometry: `req` may be caller-built, not from parseRequest.
-    if (req.dataLength > this.layout.slotBytes) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} > slot size`, req.requestId);
+    if (req.dataLength > this.layout.slotBytes) throw new MailboxError('field', `request ${req.requestId}: data length ${req.dataLength} > slot size`, req.requestId, { field: 'length' });
     return this.slot(req.slot).subarray(0, req.dataLength);
   }
 }
@@ -380,7 +442,7 @@ export class HostMailbox {
 }
 
 function slotView(data: Uint8Array, l: MailboxLayout, index: number): Uint8Array {
-  if (!Number.isInteger(index) || index < 0 || index >= l.slotCount) throw new MailboxError('field', `data slot ${index} not in 0..${l.slotCount - 1}`);
+  if (!Number.isInteger(index) || index < 0 || index >= l.slotCount) throw new MailboxError('field', `data slot ${index} not in 0..${l.slotCount - 1}`, undefined, { field: 'slot' });
   return data.subarray(index * l.slotBytes, (index + 1) * l.slotBytes);
 }
 

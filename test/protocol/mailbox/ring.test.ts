@@ -175,11 +175,14 @@ test('mailbox ring: the host waits without blocking its event loop', async () =>
 
 test('mailbox ring: hostile HV — impossible indices, scribbled MH index, rewritten header, bad descriptors', () => {
   const { host, guest, control, descriptors, sab, l } = setup(G);
-  // A producer index more than N ahead is refused as a corrupt ring.
+  // A producer index more than N ahead is refused as a corrupt ring: ignored and counted by the MH.
   Atomics.store(control, Word.REQ_PROD, 17);
-  assert.throws(() => guest.pending(), (e: unknown) => e instanceof MailboxError && e.kind === 'index');
+  assert.equal(guest.pending(), 0);
+  assert.equal(guest.pending(), 0);
+  assert.equal(guest.faults.producerIndex, 1, 'one new impossible value, counted once');
   Atomics.store(control, Word.REQ_PROD, -1);
-  assert.throws(() => guest.takeRequests(), (e: unknown) => e instanceof MailboxError && e.kind === 'index');
+  assert.deepEqual(guest.takeRequests(), []);
+  assert.equal(guest.faults.producerIndex, 2);
   Atomics.store(control, Word.REQ_PROD, 0);
   // The HV overwrites the MH's consumer index: the MH keeps its own copy and ignores it.
   host.writeGfns(0, [5]);
@@ -236,4 +239,46 @@ test('mailbox ring: values are read once — later writes by the HV do not reach
   const data = guest.readData(r2);
   host.slot(4).fill(2, 0, 10);
   assert.deepEqual(data, new Uint8Array(10).fill(1));
+});
+
+test('mailbox ring: an impossible peer index never makes the MH end throw; the last possible value stands, the honest store heals it', () => {
+  const { host, guest, control } = setup(G);
+  const n = G.ringSize;
+  // Three requests published, one taken; then the HV writes an impossible producer index.
+  for (let i = 0; i < 3; i++) host.writeGfns(i, [i]);
+  assert.equal(host.submit([exportReq(1, 0), exportReq(2, 1), exportReq(3, 2)]), 3);
+  assert.equal(ok(guest.takeRequest()).requestId, 1);
+  for (const bad of [3 + n + 1, 0, 0x80000000, -1]) {
+    Atomics.store(control, Word.REQ_PROD, bad);
+    // 0 is behind the MH's consumer (1): as impossible as far ahead.
+    assert.equal(guest.pending(), 2, `producer ${bad}: the two published, not yet taken, still count`);
+  }
+  assert.deepEqual(guest.takeRequests().map((r) => ok(r).requestId), [2, 3], 'what was honestly published is served');
+  assert.equal(guest.waitForRequest(0), null);
+  assert.equal(guest.faults.producerIndex, 4);
+  // The honest HV's next publish stores its own index again.
+  host.writeGfns(3, [3]);
+  host.submit(exportReq(4, 3));
+  assert.equal(ok(guest.takeRequest()).requestId, 4);
+
+  // Completion ring: the HV's consumer index goes impossible; the MH still publishes into the room
+  // it knew of (never over an entry not consumed at the last possible read), and the HV, which
+  // keeps its own consumer index, takes them; its release heals the word.
+  const cpl = (id: number): Completion => ({ requestId: id, status: CompletionStatus.Ok, op: MailboxOp.ExportPages, slot: NO_SLOT, bytesWritten: 0, detail: 0 });
+  assert.equal(guest.complete([cpl(1), cpl(2)]), 2);
+  assert.equal(guest.completionSpace(), n - 2);
+  Atomics.store(control, Word.CPL_CONS, 0x40000000);
+  assert.equal(guest.completionSpace(), n - 2, 'last possible consumer index (0) stands');
+  assert.equal(guest.complete(Array.from({ length: n }, (_, i) => cpl(10 + i))), n - 2, 'fills exactly the known room');
+  assert.equal(guest.completionSpace(), 0);
+  assert.equal(guest.waitForCompletionSpace(0), false);
+  assert.equal(guest.faults.consumerIndex, 1);
+  assert.equal(host.takeCompletions().length, n);
+  assert.equal(Atomics.load(control, Word.CPL_CONS), n, 'the HV release stored its own index');
+  assert.equal(guest.completionSpace(), n);
+  assert.equal(guest.faults.descriptors, 0);
+
+  // The HV end still reports an impossible MH index as a typed error (its caller decides).
+  Atomics.store(control, Word.CPL_PROD, n + 5 + n);
+  assert.throws(() => host.takeCompletions(), (e: unknown) => e instanceof MailboxError && e.kind === 'index');
 });
