@@ -14,6 +14,7 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseSize } from '../platform/address.js';
+import { PolicyBit } from '../protocol/sev/policy.js';
 import { OwnerStore } from '../owner/keystore.js';
 import { QmpClient } from '../owner/qmp-client.js';
 import { launchGuest, type GuestLaunchReport } from '../owner/launch.js';
@@ -120,7 +121,9 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
       memoryBytes,
       vcpus: totalVcpus,
       sevType,
-      policy: flags.sevEs ? 0x05 : 0x01,
+      // NODBG (+ ES), and NOSEND: the guest moves only through its MH, under the owner's ticket;
+      // the PSP's own path, which a host could drive alone, refuses it (DESIGN.md §4.7).
+      policy: (flags.sevEs ? PolicyBit.NODBG | PolicyBit.ES : PolicyBit.NODBG) | PolicyBit.NOSEND,
       firmware,
       firmwarePath,
       cmdline,

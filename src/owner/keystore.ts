@@ -21,7 +21,8 @@
  *
  * Version 2 (issue 3) adds instance state `pending` (a migration target provisioned but not yet
  * committed) and the `migrations` table, with at most one `authorized` migration per source.
- * Version 3 (issue 10) adds migration states `unresolved` (still open) and `released`.
+ * Version 3 (issue 10) adds migration states `unresolved` (still open) and `released`, and the
+ * instances' `may_export` (the MH's export grant).
  */
 import Database from 'better-sqlite3';
 import { createHash, generateKeyPairSync, createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
@@ -102,6 +103,8 @@ export interface InstanceSummary {
   peerPublic: Uint8Array | null;
   state: InstanceState;
   parentInstance: string | null;
+  /** The owner's export grant in this instance's MH secret entry (DESIGN.md §4.7). */
+  mayExport: boolean;
 }
 
 /**
@@ -240,7 +243,9 @@ const MIGRATIONS: readonly string[] = [
    INSERT INTO migrations_v3 SELECT id, created_at, updated_at, source_instance, target_instance, features, not_before, not_after, ticket, state FROM migrations;
    DROP TABLE migrations;
    ALTER TABLE migrations_v3 RENAME TO migrations;
-   CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state IN ('authorized','unresolved');`,
+   CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state IN ('authorized','unresolved');
+   -- the owner's export grant, written into each instance's MH secret entry (DESIGN.md §4.7)
+   ALTER TABLE instances ADD COLUMN may_export INTEGER NOT NULL DEFAULT 1 CHECK (may_export IN (0, 1));`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -284,6 +289,7 @@ interface InstanceRow {
   peer_public: Buffer | null;
   state: string;
   parent_instance: string | null;
+  may_export: number;
 }
 
 function toStatus(s: string): LaunchStatus {
@@ -337,10 +343,11 @@ function instanceFromRow(row: InstanceRow): InstanceSummary {
     peerPublic: bytes(row.peer_public),
     state: toState(row.state),
     parentInstance: row.parent_instance,
+    mayExport: row.may_export !== 0,
   };
 }
 
-const INSTANCE_COLUMNS = 'id, created_at, launch_id, mh_public, peer_public, state, parent_instance';
+const INSTANCE_COLUMNS = 'id, created_at, launch_id, mh_public, peer_public, state, parent_instance, may_export';
 
 function launchFromRow(r: LaunchRow): LaunchSummary {
   return {
@@ -560,7 +567,7 @@ export class OwnerStore {
    */
   createInstance(
     launchId: string,
-    opts: { peerPublic?: Uint8Array | null; parentInstance?: string | null; state?: 'active' | 'pending' } = {},
+    opts: { peerPublic?: Uint8Array | null; parentInstance?: string | null; state?: 'active' | 'pending'; mayExport?: boolean } = {},
   ): InstanceSummary {
     this.getLaunch(launchId);
     if (opts.peerPublic != null && opts.peerPublic.byteLength !== 32) {
@@ -574,10 +581,10 @@ export class OwnerStore {
       if (opts.parentInstance != null) this.getInstance(opts.parentInstance);
       this.db
         .prepare(
-          `INSERT INTO instances (id, created_at, launch_id, mh_public, mh_private, peer_public, state, parent_instance)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO instances (id, created_at, launch_id, mh_public, mh_private, peer_public, state, parent_instance, may_export)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
-        .run(id, now(), launchId, pub, priv, opts.peerPublic != null ? buf(opts.peerPublic) : null, opts.state ?? 'active', opts.parentInstance ?? null);
+        .run(id, now(), launchId, pub, priv, opts.peerPublic != null ? buf(opts.peerPublic) : null, opts.state ?? 'active', opts.parentInstance ?? null, opts.mayExport === false ? 0 : 1);
     })();
     priv.fill(0);
     return this.getInstance(id);

@@ -17,7 +17,6 @@
 import { randomBytes } from 'node:crypto';
 import { MH_SECRET_GUID, encodeMhSecret } from '../protocol/mh-secret.js';
 import { MIGRATION_ID_SIZE, TICKET_KNOWN_FEATURES, TicketFeature, signTicket, type TicketBody } from '../protocol/ticket.js';
-import { PolicyBit } from '../protocol/sev/policy.js';
 import { fromHex, wipe } from '../protocol/bytes.js';
 import { ReceiptOutcome, receiptHash, signRelease, signStandDown, verifyReceipt } from '../protocol/release.js';
 import { KeystoreError, type MigrationRecord, type OwnerStore } from './keystore.js';
@@ -26,7 +25,7 @@ export type MigrationErrorKind =
   | 'source-not-active' // the source is pending, migrated away or destroyed
   | 'target-not-verified' // the target launch's measurement did not verify (or was never checked)
   | 'target-in-use' // the target launch already has an identity / is the source's own launch
-  | 'policy' // NOSEND, or the target's policy differs from the source's
+  | 'policy' // no export grant for the source, or the target's policy differs from the source's
   | 'features' // unknown feature bits
   | 'ttl' // validity out of range
   | 'pending' // the source already has an open authorization
@@ -66,7 +65,7 @@ export function instanceSecret(store: OwnerStore, instanceId: string): MhSecretE
   try {
     return {
       guid: MH_SECRET_GUID,
-      data: encodeMhSecret({ identityPrivate: mhPrivate, ownerPublic: store.ownerPublicKey().raw, peerPublic: inst.peerPublic }),
+      data: encodeMhSecret({ identityPrivate: mhPrivate, ownerPublic: store.ownerPublicKey().raw, peerPublic: inst.peerPublic, mayExport: inst.mayExport }),
     };
   } finally {
     wipe(mhPrivate);
@@ -77,11 +76,12 @@ export function instanceSecret(store: OwnerStore, instanceId: string): MhSecretE
  * A fresh boot: a new active instance with a new identity for a verified launch, and its MH secret
  * entry (empty peer). Refuses a launch that already has a live identity.
  */
-export function newInstanceSecret(store: OwnerStore, launchId: string): MhSecretEntry & { instanceId: string } {
+/** A fresh boot's identity; `mayExport: false` launches a guest the MH will never export. */
+export function newInstanceSecret(store: OwnerStore, launchId: string, o: { mayExport?: boolean } = {}): MhSecretEntry & { instanceId: string } {
   return store.atomically(() => {
     requireVerifiedTarget(store, launchId);
     requireUnusedLaunch(store, launchId);
-    const inst = store.createInstance(launchId);
+    const inst = store.createInstance(launchId, { mayExport: o.mayExport !== false });
     return { instanceId: inst.id, ...instanceSecret(store, inst.id) };
   });
 }
@@ -109,7 +109,7 @@ export interface MigrationAuthorization {
 }
 
 /**
- * Authorizes one migration: checks the source (active, no NOSEND, no open authorization) and the
+ * Authorizes one migration: checks the source (active, with the export grant, no open authorization) and the
  * target launch (verified, unused, same policy), creates the target instance (pending, fresh
  * identity, peer = source), signs the ticket and records it, all in one transaction.
  */
@@ -135,8 +135,9 @@ export function authorizeMigration(store: OwnerStore, input: AuthorizeMigrationI
       throw new MigrationError('pending', `source instance '${source.id}' already has an open migration ${open.id}; complete or abort it first`);
     }
     const sourceLaunch = store.getLaunch(source.launchId);
-    if ((sourceLaunch.policy & PolicyBit.NOSEND) !== 0) {
-      throw new MigrationError('policy', `source launch '${sourceLaunch.id}' has policy 0x${sourceLaunch.policy.toString(16)} with NOSEND: it may not be migrated`);
+    // NOSEND only shuts the PSP path; the MH path is the owner's export grant (DESIGN.md §4.7).
+    if (!source.mayExport) {
+      throw new MigrationError('policy', `source instance '${source.id}' was launched without the MH's export grant: it may not be migrated`);
     }
     if (input.targetLaunchId === sourceLaunch.id) {
       throw new MigrationError('target-in-use', `target launch '${input.targetLaunchId}' is the source's own launch`);

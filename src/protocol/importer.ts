@@ -30,7 +30,7 @@
  *   commit or abort. COMMIT and ABORT are backward-only: the target sends them, never receives them.
  *
  * Each refusal names its cause (docs/protocol.md §6.6): `ImportError.reason`, a detail of the status
- * its kind has always had (refusal.ts IMPORT_ERROR_STATUS), and `.detail` for the completion.
+ * its kind has always had (IMPORT_ERROR_STATUS below), and `.detail` for the completion.
  *
  * `step` takes ownership of its input state: the per-page tables are updated in place (a 2 GiB
  * guest has 512 Ki frames; copying them per record would be quadratic). Do not reuse a state after
@@ -543,3 +543,27 @@ export function importRecord(state: ImporterState, bytes: Uint8Array, io: Import
     return failWith(e);
   }
 }
+
+/**
+ * The status of each importer error kind. Pinned: these are the statuses the MH has always
+ * returned and the protocol model replays (test/model/replay.test.ts); every reason the importer
+ * gives a kind belongs to that kind's status (test/protocol/refusal.test.ts).
+ */
+export const IMPORT_ERROR_STATUS: Readonly<Record<ImportErrorKind, CompletionStatus>> = Object.freeze({
+  replay: CompletionStatus.OutOfOrder,
+  'out-of-order': CompletionStatus.OutOfOrder,
+  'epoch-regressed': CompletionStatus.OutOfOrder,
+  'epoch-closed': CompletionStatus.OutOfOrder,
+  'epoch-order': CompletionStatus.OutOfOrder,
+  'duplicate-page': CompletionStatus.BadGfn,
+  'page-range': CompletionStatus.BadGfn,
+  'open-failed': CompletionStatus.AuthFailed,
+  'invalid-in-state': CompletionStatus.BadState,
+  'migration-id': CompletionStatus.Refused,
+  stream: CompletionStatus.Refused,
+  'epoch-count': CompletionStatus.Refused,
+  vcpu: CompletionStatus.Refused,
+  token: CompletionStatus.Refused,
+  'start-token': CompletionStatus.Refused,
+  argument: CompletionStatus.Refused,
+});

@@ -7,7 +7,7 @@
  * | off | size | field |
  * |---|---|---|
  * | 0 | 1 | version = 1 |
- * | 1 | 1 | flags: bit 0 = a peer key is present (boot as a migration target); bits 1..7 zero |
+ * | 1 | 1 | flags: bit 0 = a peer key is present (boot as a migration target); bit 1 = the owner grants this MH its permission to export (migrate this guest, DESIGN.md §4.7); bits 2..7 zero |
  * | 2 | 2 | reserved, 0 |
  * | 4 | 32 | this instance's X25519 private key |
  * | 36 | 32 | the owner's Ed25519 public key (verifies migration tickets) |
@@ -33,6 +33,12 @@ export const MH_SECRET_GUID_BYTES: Uint8Array = guidToBytes(MH_SECRET_GUID);
 export const MH_SECRET_VERSION = 1;
 export const MH_SECRET_SIZE = 100;
 export const MH_SECRET_FLAG_PEER = 0x01;
+/**
+ * The owner lets this MH export the guest. The owner's lever over the MH path, as NOSEND is its
+ * lever over the PSP's: an MH-migratable guest is launched with NOSEND (the PSP path refuses) and
+ * this grant; a guest launched without it is not exported by the MH either.
+ */
+export const MH_SECRET_FLAG_EXPORT = 0x02;
 
 const OFF_VERSION = 0;
 const OFF_FLAGS = 1;
@@ -62,12 +68,16 @@ export interface MhSecret {
   ownerPublic: Uint8Array;
   /** The source MH this instance may receive from; null = fresh boot. */
   peerPublic: Uint8Array | null;
+  /** The owner's grant: this MH may export the guest (flag bit 1). */
+  mayExport: boolean;
 }
 
 export interface MhSecretInput {
   identityPrivate: Uint8Array;
   ownerPublic: Uint8Array;
   peerPublic?: Uint8Array | null;
+  /** Default false: no grant, no export (the safe reading of a missing word). */
+  mayExport?: boolean;
 }
 
 const isZero = (b: Uint8Array): boolean => b.every((x) => x === 0);
@@ -92,7 +102,7 @@ export function encodeMhSecret(s: MhSecretInput): Uint8Array {
   }
   const out = new Uint8Array(MH_SECRET_SIZE);
   out[OFF_VERSION] = MH_SECRET_VERSION;
-  out[OFF_FLAGS] = peer !== null ? MH_SECRET_FLAG_PEER : 0;
+  out[OFF_FLAGS] = (peer !== null ? MH_SECRET_FLAG_PEER : 0) | (s.mayExport === true ? MH_SECRET_FLAG_EXPORT : 0);
   out.set(s.identityPrivate, OFF_IDENTITY);
   out.set(s.ownerPublic, OFF_OWNER);
   if (peer !== null) out.set(peer, OFF_PEER);
@@ -107,7 +117,7 @@ export function decodeMhSecret(b: Uint8Array): MhSecret {
   const version = b[OFF_VERSION] as number;
   if (version !== MH_SECRET_VERSION) throw new MhSecretError('version', `MH secret version ${version} is unknown (this sevmig reads ${MH_SECRET_VERSION})`);
   const flags = b[OFF_FLAGS] as number;
-  if ((flags & ~MH_SECRET_FLAG_PEER) !== 0) throw new MhSecretError('flags', `MH secret flags 0x${flags.toString(16)} have unknown bits`);
+  if ((flags & ~(MH_SECRET_FLAG_PEER | MH_SECRET_FLAG_EXPORT)) !== 0) throw new MhSecretError('flags', `MH secret flags 0x${flags.toString(16)} have unknown bits`);
   if (b[OFF_RESERVED] !== 0 || b[OFF_RESERVED + 1] !== 0) throw new MhSecretError('reserved', 'MH secret reserved bytes 2..3 are not zero');
   const identity = b.subarray(OFF_IDENTITY, OFF_IDENTITY + KEY);
   const owner = b.subarray(OFF_OWNER, OFF_OWNER + KEY);
@@ -122,5 +132,6 @@ export function decodeMhSecret(b: Uint8Array): MhSecret {
     identityPrivate: identity.slice(),
     ownerPublic: owner.slice(),
     peerPublic: hasPeer ? peer.slice() : null,
+    mayExport: (flags & MH_SECRET_FLAG_EXPORT) !== 0,
   };
 }

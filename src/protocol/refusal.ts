@@ -18,7 +18,6 @@
 import { CompletionStatus } from './mailbox/descriptor.js';
 import type { MailboxError } from './mailbox/layout.js';
 import type { RecordError } from './record.js';
-import type { ImportErrorKind } from './importer.js';
 
 type Status = CompletionStatus;
 
@@ -92,7 +91,7 @@ export const RefusalDetail = {
     TICKET_EXPIRED: [8, 'ticket expired'],
     NOT_A_TICKET: [9, 'not a ticket (no handshake pending)'],
     NO_TICKET_AND_MESSAGE: [10, 'ticket ‖ message 1 expected'],
-    NOSEND: [11, 'guest policy NOSEND: may not be migrated'],
+    EXPORT_NOT_GRANTED: [11, 'the owner did not grant this MH its permission to export'],
     NOT_PROVISIONED: [12, 'MH not provisioned for this role'],
     PEER_ENVIRONMENT: [13, 'peer environment unreadable'],
     PEER_SEV_TYPE: [14, 'peer SEV type differs'],
@@ -283,26 +282,3 @@ export function descriptorDetail(e: MailboxError): number {
   }
 }
 
-/**
- * The status of each importer error kind. Pinned: these are the statuses the MH has always
- * returned and the protocol model replays (test/model/replay.test.ts); every reason the importer
- * gives a kind belongs to that kind's status (test/protocol/refusal.test.ts).
- */
-export const IMPORT_ERROR_STATUS: Readonly<Record<ImportErrorKind, Status>> = Object.freeze({
-  replay: S.OutOfOrder,
-  'out-of-order': S.OutOfOrder,
-  'epoch-regressed': S.OutOfOrder,
-  'epoch-closed': S.OutOfOrder,
-  'epoch-order': S.OutOfOrder,
-  'duplicate-page': S.BadGfn,
-  'page-range': S.BadGfn,
-  'open-failed': S.AuthFailed,
-  'invalid-in-state': S.BadState,
-  'migration-id': S.Refused,
-  stream: S.Refused,
-  'epoch-count': S.Refused,
-  vcpu: S.Refused,
-  token: S.Refused,
-  'start-token': S.Refused,
-  argument: S.Refused,
-});

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Vmm } from '../../src/host/vmm.js';
 import { VmmBackend } from '../../src/host/backend.js';
-import type { MhTestHooks } from '../../src/host/migration/mh-migration.js';
+import type { MhTestHooks } from '../../src/host/migration/setup.js';
 import { startQmpServer, type QmpServer } from '../../src/host/qmp/server.js';
 import { QmpClient } from '../../src/owner/qmp-client.js';
 import { OwnerStore } from '../../src/owner/keystore.js';

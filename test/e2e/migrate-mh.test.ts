@@ -11,7 +11,7 @@ import { migrateGuest, type OwnerMigrateResult } from '../../src/owner/migrate.j
 import { GuestMemoryView, type MemoryBuffers } from '../../src/platform/memory.js';
 import { MH_KEY_PAGE, MhState, mhState } from '../../src/guest/mh/keys.js';
 import { emulatedArkCert, emulatedAskCert } from '../../src/protocol/sev/emulated-roots.js';
-import type { MhTestHooks } from '../../src/host/migration/mh-migration.js';
+import type { MhTestHooks } from '../../src/host/migration/setup.js';
 import { launch, startRig, startHost, waitFor, consoleLines, checkOnTarget, MiB, type Rig } from './harness.js';
 
 const CMDLINE = 'workload=ab size=16M mh=1';
@@ -134,3 +134,40 @@ test(retry
   }
 });
 }
+
+test('NOSEND with the owner\'s export grant: the host\'s own PSP path is refused by the PSP (the source runs on), the MH path migrates the guest', { timeout: 120_000 }, async () => {
+  const rig = await startRig();
+  const hostile = await startHost();
+  const dst = await startHost();
+  try {
+    const g = await launch(rig, { memoryBytes: 96 * MiB, vcpus: 3, sevType: 'sev', policy: 0x01 | 0x08, cmdline: CMDLINE });
+    await waitFor('the source workload to run', 20_000, async () => ((await consoleLines(rig.client)).some((l) => l.includes('sevmig-stats')) ? true : undefined));
+    // The host tries on its own: a target it created, no ticket, no attestation, the PSP's path.
+    await hostile.client.execute('__com.sevmig_vm-create', { memory: 96 * MiB, vcpus: 3, 'sev-type': 'sev', cmdline: CMDLINE, incoming: true, 'psp-receive': true });
+    for (const c of [rig.client, hostile.client]) await c.execute('migrate-set-parameters', { 'x-sevmig-mover': 'psp', 'max-bandwidth': 0 });
+    await hostile.client.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+    const port = (await hostile.client.execute<{ 'socket-address': { port: string }[] }>('query-migrate'))['socket-address'][0]?.port;
+    await rig.client.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
+    const info = await waitFor('the PSP migration to end', 30_000, async () => {
+      const i = await rig.client.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+      return i.status === 'failed' || i.status === 'completed' ? i : undefined;
+    });
+    assert.equal(info.status, 'failed');
+    assert.match(info['error-desc'] ?? '', /POLICY_FAILURE|NOSEND/);
+    assert.equal((await rig.client.execute<{ status: string }>('query-status')).status, 'running');
+    // The owner's way: the MH exports under its ticket.
+    const r = await migrateGuest(rig.client, dst.client, rig.store, {
+      sourceInstance: g.report.instanceId as string,
+      target: { memoryBytes: 96 * MiB, vcpus: 3, sevType: 'sev', policy: 0x01 | 0x08, firmware: rig.firmware, cmdline: CMDLINE, secrets: [], amdRoots: { ark: emulatedArkCert(), ask: emulatedAskCert() } },
+      parameters: { 'x-sevmig-mover': 'mh', 'max-bandwidth': 0, 'downtime-limit': 2000 },
+      timeoutMs: 90_000,
+    });
+    assert.equal(r.status, 'completed', r.error);
+    assert.equal(r.resolution.outcome, 'committed', r.resolution.detail);
+    await checkOnTarget(dst.client);
+  } finally {
+    await dst.close();
+    await hostile.close();
+    await rig.close();
+  }
+});

@@ -42,6 +42,8 @@ export interface GuestSpec {
   owner: Owner;
   identity: Uint8Array;
   peer?: Uint8Array;
+  /** The owner's export grant in the MH secret (default true: the rig's guests migrate). */
+  mayExport?: boolean;
 }
 
 export class Guest {
@@ -122,7 +124,7 @@ export async function bootGuest(spec: GuestSpec): Promise<Guest> {
   for (const v of m.vcpus) v.setResetState(vmsa);
   const env = encodeEnvironment({ sevType: SevType.SEV, policy: 0x1, api: { major: 1, minor: 55, build: 21 }, vcpus: spec.vcpus, memoryBytes: spec.memoryBytes, launchDigest: new Uint8Array(32).fill(7), features: 0 });
   const table = buildSecretTable([
-    { guid: MH_SECRET_GUID, data: encodeMhSecret({ identityPrivate: spec.identity, ownerPublic: spec.owner.pub, peerPublic: spec.peer ?? null }) },
+    { guid: MH_SECRET_GUID, data: encodeMhSecret({ identityPrivate: spec.identity, ownerPublic: spec.owner.pub, peerPublic: spec.peer ?? null, mayExport: spec.mayExport !== false }) },
     { guid: MH_ENVIRONMENT_GUID, data: env },
   ]);
   const page = new Uint8Array(4096);

@@ -35,10 +35,10 @@ function env(o: Partial<Environment> = {}): Environment {
 
 const x25519 = () => new Uint8Array(randomBytes(32));
 
-function provisioned(o: { identity: Uint8Array; owner: Uint8Array; peer?: Uint8Array; environment?: Environment }): FakeMemory {
+function provisioned(o: { identity: Uint8Array; owner: Uint8Array; peer?: Uint8Array; environment?: Environment; mayExport?: boolean }): FakeMemory {
   const mem = new FakeMemory(MEM);
   const r = provisionMh(mem, [
-    { guid: MH_SECRET_GUID, data: encodeMhSecret({ identityPrivate: o.identity, ownerPublic: o.owner, peerPublic: o.peer ?? null }) },
+    { guid: MH_SECRET_GUID, data: encodeMhSecret({ identityPrivate: o.identity, ownerPublic: o.owner, peerPublic: o.peer ?? null, mayExport: o.mayExport !== false }) },
     { guid: MH_ENVIRONMENT_GUID, data: encodeEnvironment(o.environment ?? env()) },
   ]);
   assert.equal(r.rest.length, 0);
@@ -50,11 +50,11 @@ function ticketFor(owner: { priv: Uint8Array }, src: Uint8Array, dst: Uint8Array
   return signTicket({ version: 1, features: 0, migrationId: new Uint8Array(randomBytes(16)), sourcePublic: x25519PublicKey(src), targetPublic: x25519PublicKey(dst), notBefore: now - 1000, notAfter: now + 60_000, ...o }, owner.priv);
 }
 
-function pair(o: { sourceEnv?: Environment; targetEnv?: Environment; targetPeer?: Uint8Array } = {}) {
+function pair(o: { sourceEnv?: Environment; targetEnv?: Environment; targetPeer?: Uint8Array; sourceMayExport?: boolean } = {}) {
   const owner = ownerKeys();
   const src = x25519();
   const dst = x25519();
-  const source = provisioned({ identity: src, owner: owner.pub, ...(o.sourceEnv ? { environment: o.sourceEnv } : {}) });
+  const source = provisioned({ identity: src, owner: owner.pub, ...(o.sourceEnv ? { environment: o.sourceEnv } : {}), ...(o.sourceMayExport === false ? { mayExport: false } : {}) });
   const target = provisioned({ identity: dst, owner: owner.pub, peer: o.targetPeer ?? x25519PublicKey(src), ...(o.targetEnv ? { environment: o.targetEnv } : {}) });
   return { owner, src, dst, source, target };
 }
@@ -101,7 +101,7 @@ test('source and target MH agree on every stream key through Noise KK bound to t
   assert.equal(mhState(p.source), MhState.PROVISIONED);
 });
 
-test('the source MH refuses: no ticket naming it, an expired ticket, a forged one, and policy NOSEND', () => {
+test('the source MH refuses: no ticket naming it, an expired ticket, a forged one, and no export grant (NOSEND alone is no refusal)', () => {
   const p = pair();
   const now = Date.now();
   const other = x25519();
@@ -110,8 +110,11 @@ test('the source MH refuses: no ticket naming it, an expired ticket, a forged on
   reject(ticketFor(p.owner, other, p.dst), p.source, 'ticket', 'not-for-me');
   reject(ticketFor(p.owner, p.src, p.dst, { notBefore: now - 20_000, notAfter: now - 10_000 }), p.source, 'ticket', 'expired');
   reject(ticketFor(ownerKeys(), p.src, p.dst), p.source, 'ticket', 'signature');
-  const nosend = pair({ sourceEnv: env({ policy: 0x1 | 0x8 }) });
-  reject(ticketFor(nosend.owner, nosend.src, nosend.dst), nosend.source, 'policy');
+  const ungranted = pair({ sourceMayExport: false });
+  reject(ticketFor(ungranted.owner, ungranted.src, ungranted.dst), ungranted.source, 'policy');
+  // NOSEND shuts the PSP path only: with the owner's grant the MH starts the handshake.
+  const nosend = pair({ sourceEnv: env({ policy: 0x1 | 0x8 }), targetEnv: env({ policy: 0x1 | 0x8 }) });
+  assert.equal(sourceBegin(nosend.source, { ticket: ticketFor(nosend.owner, nosend.src, nosend.dst), now, view: VIEW, streams: 1 }).message.byteLength > 0, true);
 });
 
 test('the target MH accepts only the source its secret names, and a matching environment', () => {

@@ -126,7 +126,7 @@ test('chain A→B→C: three distinct identities, each ticket names the right pa
   }
 });
 
-test('refusals: unverified or rejected target, NOSEND, policy change, reused or own launch, open authorization, bad features/ttl', () => {
+test('refusals: unverified or rejected target, no export grant (NOSEND is no refusal), policy change, reused or own launch, open authorization, bad features/ttl', () => {
   const s = OwnerStore.open(':memory:');
   try {
     const a = newInstanceSecret(s, verifiedLaunch(s)).instanceId;
@@ -141,10 +141,17 @@ test('refusals: unverified or rejected target, NOSEND, policy change, reused or 
       assert.throws(() => authorizeMigration(s, { sourceInstance: a, targetLaunchId: verifiedLaunch(s), ttlMs }), mkind('ttl'));
     }
     assert.throws(() => authorizeMigration(s, { sourceInstance: 'nope', targetLaunchId: verifiedLaunch(s) }), (e) => e instanceof KeystoreError && e.kind === 'not-found');
-    const nosend = newInstanceSecret(s, verifiedLaunch(s, POLICY | 0x8)).instanceId;
-    assert.throws(() => authorizeMigration(s, { sourceInstance: nosend, targetLaunchId: verifiedLaunch(s, POLICY | 0x8) }), mkind('policy'));
-    assert.equal(count(), before + 1, 'no refused authorization left an instance behind (only the NOSEND source)');
+    // The MH's export grant decides, not NOSEND (which only shuts the PSP path, DESIGN.md §4.7).
+    const noGrant = newInstanceSecret(s, verifiedLaunch(s), { mayExport: false });
+    assert.equal(decodeMhSecret(noGrant.data).mayExport, false);
+    assert.throws(() => authorizeMigration(s, { sourceInstance: noGrant.instanceId, targetLaunchId: verifiedLaunch(s) }), mkind('policy'));
+    assert.equal(count(), before + 1, 'no refused authorization left an instance behind (only the ungranted source)');
     assert.equal(s.listMigrations().length, 0);
+    const nosend = newInstanceSecret(s, verifiedLaunch(s, POLICY | 0x8));
+    assert.equal(decodeMhSecret(nosend.data).mayExport, true, 'the owner grants the MH by default');
+    const viaMh = authorizeMigration(s, { sourceInstance: nosend.instanceId, targetLaunchId: verifiedLaunch(s, POLICY | 0x8) });
+    assert.equal(decodeMhSecret(viaMh.targetSecretEntry.data).mayExport, true, 'the target is granted too: it is the next hop\'s source');
+    abortMigration(s, viaMh.migrationId);
 
     // a used launch cannot be a target; one open authorization per source
     const other = verifiedLaunch(s);

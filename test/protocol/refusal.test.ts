@@ -12,9 +12,8 @@ import { MhError, expectOk } from '../../src/host/migration/mh-mover.js';
 import { nodeAead, type Aead } from '../../src/protocol/aead.js';
 import { CompletionStatus as S } from '../../src/protocol/mailbox/index.js';
 import { PAGE_SIZE, RECORD_HEADER_SIZE, RECORD_TAG_SIZE, RecordType, sealRecord } from '../../src/protocol/record.js';
-import { importRecord, newImporter, type ImporterState, type StepResult } from '../../src/protocol/importer.js';
+import { IMPORT_ERROR_STATUS, importRecord, newImporter, type ImporterState, type StepResult } from '../../src/protocol/importer.js';
 import {
-  IMPORT_ERROR_STATUS,
   MAX_REFUSAL_ARG,
   RefusalDetail as Why,
   describeRefusal,

@@ -20,7 +20,6 @@ import { deriveStreamKeys } from '../../protocol/session-keys.js';
 import { readIdentity, storeSession, MH_MAX_STREAMS, MhKeyError, type MhIdentity } from './keys.js';
 
 /** Policy bit 3: the guest may not be sent (FORMATS.md §4); the MH honours it as the PSP does. */
-const POLICY_NOSEND = 0x8;
 
 export type MhSessionErrorKind = 'ticket' | 'policy' | 'environment' | 'handshake' | 'identity' | 'state';
 
@@ -85,7 +84,8 @@ export function sourceBegin(mem: GuestMemory, o: { ticket: Uint8Array; now: numb
       if (o.streams < 1 || o.streams > MH_MAX_STREAMS) throw new MhSessionError('state', `streams must be 1..${MH_MAX_STREAMS}`, undefined, Why.BadState.HANDSHAKE_STATE);
       const ticket = verifyTicket(o.ticket, { ownerPublic: id.ownerPublic, now: o.now, self: { role: 'source', publicKey: id.identityPublic } });
       const mine = ownEnvironment(id, o.view);
-      if (mine.policy & POLICY_NOSEND) throw new MhSessionError('policy', 'guest policy has NOSEND: this guest may not be migrated', undefined, Why.Refused.NOSEND);
+      // The owner's word, not the policy: NOSEND is the owner's lever over the PSP path only.
+      if (!id.mayExport) throw new MhSessionError('policy', 'the owner did not grant this MH its permission to export (launch secret): this guest may not be migrated', undefined, Why.Refused.EXPORT_NOT_GRANTED);
       const hs = createHandshake({ pattern: 'KK', cipher: 'AESGCM', initiator: true, prologue: o.ticket, s: { priv: id.identityPrivate }, rs: ticket.targetPublic });
       const message = hs.writeMessage(encodeEnvironment({ ...mine, features: ticket.features }));
       return { message, pending: { hs, ticket, mine, streams: o.streams } };

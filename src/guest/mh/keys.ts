@@ -99,7 +99,8 @@ export function provisionMh(mem: GuestMemory, entries: SecretEntry[]): MhProvisi
     mem.write(at(MhOff.PUBLIC), x25519PublicKey(s.identityPrivate));
     mem.write(at(MhOff.OWNER), s.ownerPublic);
     if (s.peerPublic) mem.write(at(MhOff.PEER), s.peerPublic);
-    mem.writeU32(at(MhOff.FLAGS), s.peerPublic ? 1 : 0);
+    // Bit 0: a peer is provisioned; bit 1: the owner's export grant (as in the secret entry).
+    mem.writeU32(at(MhOff.FLAGS), (s.peerPublic ? 1 : 0) | (s.mayExport ? 2 : 0));
     if (env) {
       mem.writeU32(at(MhOff.ENV_LEN), env.byteLength);
       mem.write(at(MhOff.ENV), env);
@@ -124,6 +125,8 @@ export interface MhIdentity {
   identityPublic: Uint8Array;
   ownerPublic: Uint8Array;
   peerPublic: Uint8Array | null;
+  /** The owner's grant to export this guest (DESIGN.md §4.7). */
+  mayExport: boolean;
   environment: Environment | null;
 }
 
@@ -142,13 +145,15 @@ export function readIdentity(mem: GuestMemory): MhIdentity {
     throw new MhKeyError('no-identity', `the MH has no usable identity (state ${state})`);
   }
   const envLen = mem.readU32(at(MhOff.ENV_LEN));
-  const peer = mem.readU32(at(MhOff.FLAGS)) & 1 ? mem.read(at(MhOff.PEER), KEY) : null;
+  const flags = mem.readU32(at(MhOff.FLAGS));
+  const peer = flags & 1 ? mem.read(at(MhOff.PEER), KEY) : null;
   return {
     state,
     identityPrivate: mem.read(at(MhOff.IDENTITY), KEY),
     identityPublic: mem.read(at(MhOff.PUBLIC), KEY),
     ownerPublic: mem.read(at(MhOff.OWNER), KEY),
     peerPublic: peer,
+    mayExport: (flags & 2) !== 0,
     environment: envLen > 0 && envLen <= ENV_MAX ? decodeEnvironment(mem.read(at(MhOff.ENV), envLen)) : null,
   };
 }

@@ -48,9 +48,9 @@ import {
   type ParsedHeader,
 } from '../../protocol/record.js';
 import { decodeAbort, decodeCommit, decodeEpochEnd, decodeStartToken, encodeEpochEnd, encodeStartToken, privatePageSetDigestDense, AbortReason } from '../../protocol/tokens.js';
-import { newImporter, step, ImportError, type ImporterState, type ImportEvent, type StepResult } from '../../protocol/importer.js';
+import { IMPORT_ERROR_STATUS, newImporter, step, ImportError, type ImporterState, type ImportEvent, type StepResult } from '../../protocol/importer.js';
 import { TICKET_SIZE, TicketOffset } from '../../protocol/ticket.js';
-import { IMPORT_ERROR_STATUS, RefusalDetail as Why, descriptorDetail, recordReason, refusalDetail, type RefusalReason } from '../../protocol/refusal.js';
+import { RefusalDetail as Why, descriptorDetail, recordReason, refusalDetail, type RefusalReason } from '../../protocol/refusal.js';
 import { decodeRelease, makeReceipt, ReceiptOutcome, ReleaseError, verifyRelease, verifyStandDown } from '../../protocol/release.js';
 import type { Aead, AeadBackend } from '../../protocol/aead.js';
 import { defaultAeadBackend } from '../../native/aead.js';

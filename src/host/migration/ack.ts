@@ -4,7 +4,7 @@
 import { FrameKind } from '../../protocol/stream.js';
 import type { Channel } from './transport.js';
 import { decodeMainControl } from './mh-wire.js';
-import { SessionError } from './session.js';
+import { SessionError } from './errors.js';
 
 /** How long the source waits for the target to acknowledge a frame it sent. */
 export const ACK_TIMEOUT_MS = 60_000;

@@ -2,8 +2,8 @@
  * Source and target of an `mh` migration (docs/migration.md "MH migration"), over the transport
  * (transport.ts), the pre-copy driver (precopy-driver.ts) and the MH mailboxes (mh-mover.ts).
  *
- * Source: setup (SETUP ⇄ SETUP_OK, MH handshake through the target's MH) inside the driver's first
- * dirty sync; every later sync ends the open epoch (BARRIER on each page channel, EPOCH_END on
+ * Source: the driver's `setup` hook (SETUP ⇄ SETUP_OK, MH handshake through the target's MH; timed
+ * with the first dirty sync); its `passEnded` hook ends the open epoch (BARRIER on each page channel, EPOCH_END on
  * main); batches go as EXPORT_PAGES on the stream's owner, each record sent from its slot; stop =
  * TOKEN QUIESCE then pause of the workload vCPUs; final = last pages, EXPORT_VCPU for every vCPU,
  * EPOCH_END, START_TOKEN, COMPLETE, then the target's COMMIT (→ MH COMMIT) or ABORT (→ MH ABORT).
@@ -30,8 +30,11 @@ import { decodeMainControl, encodeMhControl, type MainMessage } from './mh-wire.
 import { AckTracker, ACK_TIMEOUT_MS } from './ack.js';
 import { mapMhMailboxes, mhMigratable, MhError, MhSource, MhTarget, MhToken } from './mh-mover.js';
 import { DEFAULT_INCOMING_STALL_MS, watchIncoming } from './stall.js';
+import { newTarget, targetStep, type TargetEvent, type TargetState } from './target-state.js';
+import { ReceiptOffset, ReceiptOutcome } from '../../protocol/release.js';
 import { isTerminal, mustStayStopped, newSource, sourceStep, type HeldInfo, type SourceEvent, type SourceState } from './source-state.js';
-import { checkSetup, SessionError, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './session.js';
+import { checkSetup, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type MhOutgoingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './setup.js';
+import { SessionError, within } from './errors.js';
 
 /**
  * The mh stop-and-copy's fixed part (QUIESCE, pause, final sync, vCPU records, EPOCH_END, start
@@ -42,21 +45,6 @@ const MH_SWITCHOVER_COST_MS = 50;
 /** How long the hosts wait for the guest to set its MH mailboxes up. */
 export const MAILBOX_WAIT_MS = 10_000;
 const PAGES_PER_RECORD = 512;
-
-/** Test-only seams of the mh mover. */
-export interface MhTestHooks {
-  /** Source: the bytes to send for the n-th PAGES record (return a modified copy to tamper in transit). */
-  outgoingRecord?(record: Uint8Array, n: number): Uint8Array;
-}
-
-export interface MhOutgoingOptions {
-  ticket: Uint8Array;
-  /** MH vCPUs (cmdline mh=N). */
-  count: number;
-  /** Pages per sealed record, 1..512 (x-sevmig-pages-per-record; default 512). */
-  pagesPerRecord?: number;
-  test?: MhTestHooks;
-}
 
 type InboxItem = MainMessage | { type: 'record'; bytes: Uint8Array };
 
@@ -143,7 +131,6 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     advance({ kind: 'session-open' });
     log(`session open: ${mh.count} MH vCPUs, ${opts.pageChannels} page channels`);
   };
-  let connecting: Promise<void> | null = null;
 
   const need = (): { s: MhSource; c: Channels; ib: MainInbox; ak: AckTracker } => {
     const e = inbox?.error;
@@ -323,16 +310,11 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     timeouts: { syncMs: connectMs * 2 + MAILBOX_WAIT_MS + 5_000, stopMs: 15_000, ...(opts.finalTimeoutMs !== undefined ? { finalMs: opts.finalTimeoutMs + 5_000 } : {}) },
     migrationId: `to ${opts.uri.transport === 'tcp' ? `${opts.uri.host}:${opts.uri.port}` : opts.uri.path}`,
     deps: {
-      syncDirty: async () => {
-        if (!connecting) {
-          connecting = connect();
-          await connecting;
-        } else {
-          await connecting;
-          await endEpoch();
-        }
-        return machine.memory.syncDirtyLog();
+      setup: connect,
+      passEnded: async () => {
+        await endEpoch();
       },
+      syncDirty: () => machine.memory.syncDirtyLog(),
       sendBatch: exportBatch,
       stopVm,
       resumeVm,
@@ -346,7 +328,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
 
   /** After the start token: ask the target to give up (its MH aborts only before it commits) and take its ABORT. */
   const tryAbort = async (c: Channels, ib: MainInbox): Promise<void> => {
-    await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
+    await within(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000, 'CANCEL to the target').catch(() => undefined);
     try {
       const deadline = performance.now() + 3_000;
       for (;;) {
@@ -384,7 +366,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
         if (f.ok) {
           if (f.actions.some((a) => a.kind === 'mh-resume')) {
             // Tell the target to discard its copy, then close our MH's session ourselves (§7.7).
-            if (c) await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
+            if (c) await within(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000, 'CANCEL to the target').catch(() => undefined);
             await closeBeforeStart().catch(() => undefined);
           }
           if (!mustStayStopped(state)) state = f.state;
@@ -463,12 +445,6 @@ function ticketMigrationId(ticket: Uint8Array): string {
   }
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new SessionError('timeout', `not done within ${ms} ms`)), ms);
-    p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
-  });
-}
 
 // ---------------------------------------------------------------------------------------------
 // Target
@@ -496,6 +472,13 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
   let endAt = 0;
   let stalled: string | null = null;
   let unwatch = (): void => undefined;
+  /** What the host may claim about this copy (target-state.ts); the MH decides. */
+  let tstate: TargetState = newTarget();
+  const tadvance = (ev: TargetEvent): void => {
+    const r = targetStep(tstate, ev);
+    if (r.ok) tstate = r.state;
+    else log(`session: ${r.error}`);
+  };
   /** Set once `tgt` is closed (a stand-down then maps the mailbox afresh). */
   let ended = false;
   /** A stand-down riding on `tgt`'s link: the session waits for it before it closes the link. */
@@ -518,6 +501,7 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
     const c = await listener.accept();
     chans = c;
     if (cancelled) throw new SessionError('cancelled', 'incoming migration cancelled');
+    tadvance({ kind: 'accepted' });
     setStatus('active');
     const setupMs = opts.setupTimeoutMs ?? SETUP_TIMEOUT_MS;
     const ib = new MainInbox(c.main);
@@ -534,6 +518,7 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
     const t = new MhTarget(link0 as NonNullable<typeof link0>);
     tgt = t;
     await c.main.send(FrameKind.Control, encodeControl({ type: 'setup-ok' }));
+    tadvance({ kind: 'setup-ok' });
     const hs = await ib.next(setupMs, 'handshake message 1');
     if (hs.type === 'cancel') throw new SessionError('cancelled', 'the source cancelled the migration');
     if (hs.type !== 'handshake-1') throw new SessionError('protocol', `expected handshake message 1, got ${hs.type}`);
@@ -545,6 +530,7 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
       throw e;
     }
     await c.main.send(FrameKind.Control, encodeMhControl({ type: 'handshake-2', bytes: m2 }));
+    tadvance({ kind: 'session-open' });
 
     // Imports: in arrival order per channel, several in flight; the first failure fails everything.
     let failure: Error | null = null;
@@ -632,8 +618,10 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
     } catch (e) {
       throw failure ?? e;
     }
+    tadvance({ kind: 'complete' });
     const rec = await t.commit();
     committed = true;
+    tadvance({ kind: 'committed' });
     log('committed');
     await c.main.send(FrameKind.Record, rec).catch((e: unknown) => log(`COMMIT record not delivered: ${describe(e)}`));
     await hooks.finish([]);
@@ -656,13 +644,14 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
       endAt = performance.now();
       unwatch();
       error = stalled ?? (e instanceof TransportError || e instanceof SessionError || e instanceof MhError ? e.message : describe(e));
+      tadvance({ kind: 'fail', reason: error });
       listener.close();
       const t = tgt as MhTarget | null;
       const c = chans as Channels | null;
       if (t && !committed) {
         try {
           const rec = await t.abort();
-          if (c) await withTimeout(c.main.send(FrameKind.Record, rec), 2_000).catch(() => undefined);
+          if (c) await within(c.main.send(FrameKind.Record, rec), 2_000, 'ABORT to the source').catch(() => undefined);
           log('aborted');
         } catch (a) {
           log(`ABORT: ${describe(a)}`);
@@ -690,6 +679,7 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
       if (status === 'completed') i['total-time'] = Math.round(endAt - startAt);
       if (status === 'failed' && error !== undefined) i['error-desc'] = error;
       i['x-sevmig-mover'] = 'mh';
+      i['x-sevmig-session'] = tstate.kind;
       i['x-sevmig-records'] = tgt?.imported ?? 0;
       i['x-sevmig-bytes-received'] = received;
       return i;
@@ -702,20 +692,25 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
       if (chans) closeChannels(chans);
     },
     standDown: async (request) => {
+      let receipt: Uint8Array;
       // While the import runs, its link owns the mailbox (two links would take each other's
       // completions); afterwards the mailbox outlives the migration (mapMhMailboxes).
       if (tgt !== null && !ended) {
         const p = tgt.standDown(request);
         standing = Promise.all([standing, p.catch(() => undefined)]);
-        return p;
+        receipt = await p;
+      } else {
+        const [link0] = await mapMhMailboxes(machine, mhRegion(machine.config.memoryBytes, hooks.mhCount), MAILBOX_WAIT_MS);
+        const t = new MhTarget(link0 as NonNullable<typeof link0>);
+        try {
+          receipt = await t.standDown(request);
+        } finally {
+          t.close();
+        }
       }
-      const [link0] = await mapMhMailboxes(machine, mhRegion(machine.config.memoryBytes, hooks.mhCount), MAILBOX_WAIT_MS);
-      const t = new MhTarget(link0 as NonNullable<typeof link0>);
-      try {
-        return await t.standDown(request);
-      } finally {
-        t.close();
-      }
+      // The host cannot check the receipt's MAC (the owner does); it reads the outcome for its own report.
+      if (receipt[ReceiptOffset.outcome] === ReceiptOutcome.STOOD_DOWN) tadvance({ kind: 'stood-down' });
+      return receipt;
     },
     done,
   };

@@ -51,7 +51,14 @@ export type PrecopyEmitted =
   | { event: 'MIGRATION_PASS'; data: { pass: number } };
 
 export interface PrecopyDeps {
-  /** KVM_GET_DIRTY_LOG + clear (HostMemory.syncDirtyLog), or a wrapper that adds a channel barrier. */
+  /**
+   * The session's setup (connect, SETUP, handshake), before the first dirty sync and timed with
+   * it, so `setup-time` includes it as in QEMU.
+   */
+  setup?(): Promise<void>;
+  /** A pass ended: before every later dirty sync (the mh mover ends its epoch here). */
+  passEnded?(): Promise<void>;
+  /** KVM_GET_DIRTY_LOG + clear (HostMemory.syncDirtyLog). */
   syncDirty(): DirtyPages | Promise<DirtyPages>;
   /** Sends these pages (ascending, each once) over the page channels. */
   sendBatch(gfns: readonly Gfn[], signal: AbortSignal): Promise<SendResult>;
@@ -176,10 +183,19 @@ export function runPrecopy(opts: RunPrecopyOptions): PrecopyHandle {
     track(p);
   }
 
+  /** The first sync-dirty runs `setup`, every later one `passEnded`. */
+  let setupDone = false;
   function exec(c: PrecopyCommand): void {
     switch (c.kind) {
-      case 'sync-dirty':
-        return run('sync-dirty', timeouts.syncMs, () => deps.syncDirty(), (dirty) => ({ kind: 'dirty-synced', dirty, at: deps.now() }));
+      case 'sync-dirty': {
+        const first = !setupDone;
+        setupDone = true;
+        const hook = first ? deps.setup : deps.passEnded;
+        return run('sync-dirty', timeouts.syncMs, async () => {
+          await hook?.();
+          return deps.syncDirty();
+        }, (dirty) => ({ kind: 'dirty-synced', dirty, at: deps.now() }));
+      }
       case 'send-batch':
         return run('send-batch', timeouts.sendMs, () => deps.sendBatch(c.gfns, ac.signal), (r) => sentEvent('sent', c.gfns.length, r));
       case 'stop-vm':

@@ -13,7 +13,7 @@
  *
  * Source (`startOutgoing`):
  *   setup   connect 1 + N channels, SETUP ⇄ SETUP_OK (the target checks memory, vCPUs, mover,
- *           channel count); this happens inside the driver's first dirty sync, so `setup-time`
+ *           channel count); this is the driver's `setup` hook, timed with the first dirty sync, so `setup-time`
  *           includes it, as in QEMU
  *   active  the driver's batches go through the mover on the page channels
  *   device  stop-vm; the last dirty pages; EOS on every page channel; each vCPU's state page as
@@ -30,37 +30,26 @@
  * committed, and running both copies would be worse than finishing (the driver reports completed
  * if sendFinal resolves).
  */
-import { PAGE_SIZE, type Gfn, type GuestHandle, type HostMachine, type MachineConfig, type PspHostFace } from '../../platform/host-face.js';
+import { PAGE_SIZE, type Gfn, type GuestHandle } from '../../platform/host-face.js';
 import { FrameKind } from '../../protocol/stream.js';
-import type { MigrateUri } from '../qmp/actions.js';
 import type { MigrationInfo } from '../qmp/backend.js';
 import type { MigrationStatusName } from '../qmp/gate.js';
 import { Inbox, describe } from './inbox.js';
 import { closeChannels, connectOutgoing, listenIncoming, TransportError, type Channel, type Channels, type IncomingListener, type SocketAddress } from './transport.js';
-import { runPrecopy, type PrecopyEmitted, type PrecopyHandle, type PrecopyResult, type SendResult } from './precopy-driver.js';
-import type { PrecopyCapabilities, PrecopyParams } from './precopy.js';
+import { runPrecopy, type PrecopyHandle, type SendResult } from './precopy-driver.js';
 import { PlainSourceMover, PlainTargetMover, type SourcePageMover, type TargetPageMover } from './plain-mover.js';
-import { DEVICE_VCPU_PSP, WIRE_VERSION, decodeControl, decodeDeviceState, encodeControl, encodeDeviceState, type ControlMessage, type MoverName } from './plain-wire.js';
+import { DEVICE_VCPU_PSP, WIRE_VERSION, decodeControl, decodeDeviceState, encodeControl, encodeDeviceState, type ControlMessage } from './plain-wire.js';
 import { PspSourceMover, PspTargetMover } from './psp-mover.js';
 import { PSP_HEADER_SIZE } from './psp-wire.js';
 import { AckTracker, ACK_TIMEOUT_MS } from './ack.js';
 import { encodeMhControl } from './mh-wire.js';
-import { startIncomingMh, startOutgoingMh, type MhOutgoingOptions } from './mh-migration.js';
-import type { HeldInfo } from './source-state.js';
+import { startIncomingMh, startOutgoingMh } from './mh-migration.js';
 import { DEFAULT_INCOMING_STALL_MS, watchIncoming } from './stall.js';
+import { SessionError, within } from './errors.js';
+import { checkSetup, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './setup.js';
 
-export type SessionErrorKind = 'refused' | 'protocol' | 'cancelled' | 'timeout' | 'mismatch';
-
-export class SessionError extends Error {
-  override readonly name = 'SessionError';
-  constructor(readonly kind: SessionErrorKind, message: string) {
-    super(message);
-  }
-}
-
-export const SETUP_TIMEOUT_MS = 30_000;
-/** How long a target listens for the source (QEMU waits forever; sevmig bounds every wait). */
-export const DEFAULT_ACCEPT_TIMEOUT_MS = 600_000;
+export { SessionError } from './errors.js';
+export * from './setup.js';
 
 // ---------------------------------------------------------------------------------------------
 // Control messages on the main channel
@@ -81,50 +70,6 @@ class ControlInbox extends Inbox<ControlMessage> {
 
 // ---------------------------------------------------------------------------------------------
 // Source
-
-export interface OutgoingOptions {
-  uri: MigrateUri;
-  /** Page channels (multifd-channels with capability multifd, else 1). */
-  pageChannels: number;
-  /** Reported as ram.multifd-bytes when on. */
-  multifd: boolean;
-  mover: MoverName;
-  params: PrecopyParams;
-  capabilities: PrecopyCapabilities;
-  /** Bounds connect + hellos + SETUP_OK, and each send's wait for a peer that stopped reading. */
-  connectTimeoutMs?: number;
-  /** Pre-copy engine: pages per batch (default 512) and batches in flight (default 2 per channel). */
-  batchPages?: number;
-  maxInFlight?: number;
-  /** Stop-and-copy bound (default the driver's 120 s). */
-  finalTimeoutMs?: number;
-  /** Mover 'mh': the owner's ticket and the guest's MH vCPU count (mh-migration.ts). */
-  mh?: MhOutgoingOptions;
-}
-
-export interface OutgoingHooks {
-  machine: HostMachine;
-  /** The `psp` mover: the source platform's PSP and the guest's handle. */
-  psp?: { face: PspHostFace; handle: GuestHandle };
-  /** vm_stop(finish-migrate): pause the vCPUs (STOP when they were running). */
-  stopVm(): Promise<void>;
-  /** After a cancel/failure that came after stopVm: run again if the VM ran before. */
-  resumeVm(): Promise<void>;
-  emit(e: PrecopyEmitted): void;
-  log?(line: string): void;
-}
-
-export interface OutgoingMigration {
-  info(): MigrationInfo;
-  status(): MigrationStatusName;
-  cancel(): void;
-  setParameters(p: Partial<PrecopyParams>): void;
-  /** Non-null while the source must stay stopped for the owner (the mh mover after its start token). */
-  held(): HeldInfo | null;
-  /** Carries the owner's RELEASE to the source MH and runs the guest again (the mh mover only). */
-  release(bytes: Uint8Array): Promise<void>;
-  readonly done: Promise<PrecopyResult>;
-}
 
 export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): OutgoingMigration {
   if (opts.mover === 'mh') {
@@ -188,7 +133,6 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
     } else mover = new PlainSourceMover(machine.memory, c.pages);
     acks = new AckTracker(c.pages, ACK_TIMEOUT_MS, ac.signal);
   };
-  let connecting: Promise<void> | null = null;
 
   const needMover = (): SourcePageMover => {
     const e = inbox?.error;
@@ -247,11 +191,8 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
     timeouts: { syncMs: connectMs * 2 + 5_000, ...(opts.finalTimeoutMs !== undefined ? { finalMs: opts.finalTimeoutMs + 5_000 } : {}) },
     migrationId: `to ${opts.uri.transport === 'tcp' ? `${opts.uri.host}:${opts.uri.port}` : opts.uri.path}`,
     deps: {
-      syncDirty: async () => {
-        if (!connecting) connecting = connect();
-        await connecting;
-        return machine.memory.syncDirtyLog();
-      },
+      setup: connect,
+      syncDirty: () => machine.memory.syncDirtyLog(),
       sendBatch: (gfns, signal) => sendAcked(gfns, signal),
       stopVm: () => hooks.stopVm(),
       resumeVm: () => hooks.resumeVm(),
@@ -280,7 +221,7 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
         await c.main.end().catch(() => undefined);
       } else {
         // Tell the target to discard its copy; a target that is gone already does not matter.
-        await withTimeout(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000).catch(() => undefined);
+        await within(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000, 'CANCEL to the target').catch(() => undefined);
       }
       closeChannels(c);
     }
@@ -311,80 +252,8 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
   };
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new SessionError('timeout', `not done within ${ms} ms`)), ms);
-    p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // Target
-
-export interface IncomingOptions {
-  uri: MigrateUri;
-  pageChannels: number;
-  /** Emit MIGRATION events (capability `events`). */
-  events: boolean;
-  acceptTimeoutMs?: number;
-  /** Fail once nothing arrived on any channel for this long (stall.ts; default 30 s). */
-  stallTimeoutMs?: number;
-  setupTimeoutMs?: number;
-  /** Page mover this target expects (default 'plain'); 'mh' needs `mhCount` ≥ 1 (cmdline mh=N). */
-  mover?: MoverName;
-  mhCount?: number;
-}
-
-export interface IncomingHooks {
-  machine: HostMachine;
-  /**
-   * The `psp` mover: the target platform's PSP, and `adopt(handle)` to tell the VMM the guest
-   * context RECEIVE_START created (it decommissions it on discard).
-   */
-  psp?: { face: PspHostFace; adopt(handle: GuestHandle): void };
-  /** Restores the vCPU states and runs the guest (or leaves it paused without autostart). */
-  finish(vcpuStates: readonly Uint8Array[]): Promise<void>;
-  /** The incoming migration failed: throw the VM away and get back to a clean `inmigrate` VM. */
-  discard(reason: string): Promise<void>;
-  emit(e: { event: 'MIGRATION'; data: { status: MigrationStatusName } }): void;
-  log?(line: string): void;
-}
-
-export interface IncomingMigration {
-  readonly socketAddress: SocketAddress;
-  info(): MigrationInfo;
-  status(): MigrationStatusName;
-  cancel(): void;
-  /** Carries the owner's STAND_DOWN to the target MH and returns its receipt (the mh mover only). */
-  standDown(request: Uint8Array): Promise<Uint8Array>;
-  /** Resolves when the incoming migration ended (completed or failed); never rejects. */
-  readonly done: Promise<{ status: 'completed' | 'failed'; error?: string }>;
-}
-
-/**
- * The target's SETUP check, the same for every mover: wire version, memory, vCPUs, page channels and
- * the mover this target expects, then the mover's own condition (`moverMismatch`, null when fine).
- * A mismatch goes back to the source as ERROR and fails the incoming migration.
- */
-export async function checkSetup(
-  c: Channels,
-  setup: Extract<ControlMessage, { type: 'setup' }>,
-  cfg: Readonly<MachineConfig>,
-  expected: MoverName,
-  moverMismatch: string | null,
-): Promise<void> {
-  const mismatch =
-    setup.version !== WIRE_VERSION ? `wire version ${setup.version}, this host speaks ${WIRE_VERSION}`
-    : setup.memoryBytes !== cfg.memoryBytes ? `source memory ${setup.memoryBytes} bytes, target ${cfg.memoryBytes}`
-    : setup.vcpus !== cfg.vcpus ? `source has ${setup.vcpus} vCPUs, target ${cfg.vcpus}`
-    : setup.pageChannels !== c.pages.length ? `source uses ${setup.pageChannels} page channels, target ${c.pages.length}`
-    : setup.mover !== expected ? `this target expects the '${expected}' page mover, the source uses '${setup.mover}'`
-    : moverMismatch;
-  if (mismatch !== null) {
-    await c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: mismatch })).catch(() => undefined);
-    throw new SessionError('mismatch', mismatch);
-  }
-}
 
 /** QEMU's SocketAddress in query-migrate (`port` is a string there). */
 function qemuSocketAddress(a: SocketAddress): Record<string, string> {

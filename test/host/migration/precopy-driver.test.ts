@@ -251,3 +251,28 @@ test('pages the mover skips leave the in-flight count: 32 MiB/s with 4 MiB of no
   // ... and the run took about what 12 MiB at 32 MiB/s takes, not the 60 s bound.
   assert.ok(h.now - t0 < 10_000, `${(h.now - t0).toFixed(0)} virtual ms`);
 });
+
+test('named hooks: setup runs once, before the first dirty sync; passEnded before every later one; a setup failure fails the migration', async () => {
+  const h = fakeHost({ pageCount: 4096, writesPerSend: 20, workingSet: 512, linkBps: 200e6 });
+  const order: string[] = [];
+  const sync = h.deps.syncDirty;
+  const deps: PrecopyDeps = {
+    ...h.deps,
+    setup: async () => void order.push('setup'),
+    passEnded: async () => void order.push('passEnded'),
+    syncDirty: () => {
+      order.push('sync');
+      return sync();
+    },
+  };
+  const r = await runPrecopy({ deps, pageCount: 4096, capabilities: {}, params: { 'max-bandwidth': 0 }, migrationId: 'hooks' }).done;
+  assert.equal(r.status, 'completed');
+  const syncs = order.filter((x) => x === 'sync').length;
+  assert.ok(syncs >= 3);
+  assert.deepEqual(order.slice(0, 2), ['setup', 'sync']);
+  assert.equal(order.filter((x) => x === 'setup').length, 1);
+  for (let i = 2; i < order.length; i += 2) assert.deepEqual(order.slice(i, i + 2), ['passEnded', 'sync'], `at ${i}`);
+  const bad = await runPrecopy({ deps: { ...fakeHost({ pageCount: 64 }).deps, setup: () => Promise.reject(new Error('the target refused the migration: no')) }, pageCount: 64, capabilities: {}, params: {}, migrationId: 'bad' }).done;
+  assert.equal(bad.status, 'failed');
+  assert.match(bad.error ?? '', /the target refused the migration: no/);
+});

@@ -37,8 +37,13 @@ test('layout: version, flags, reserved, keys at 4/36/68', () => {
   assert.deepEqual(b.subarray(36, 68), owner);
   assert.deepEqual(b.subarray(68, 100), peer);
   const fresh = encodeMhSecret({ identityPrivate: id, ownerPublic: owner });
-  assert.equal(fresh[1], 0);
+  assert.equal(fresh[1], 0, 'no grant unless the owner gives it');
   assert.ok(fresh.subarray(68).every((x) => x === 0));
+  const granted = encodeMhSecret({ identityPrivate: id, ownerPublic: owner, mayExport: true });
+  assert.equal(granted[1], 2, 'bit 1: the export grant');
+  assert.equal(decodeMhSecret(granted).mayExport, true);
+  assert.equal(decodeMhSecret(fresh).mayExport, false);
+  assert.equal(encodeMhSecret({ identityPrivate: id, ownerPublic: owner, peerPublic: peer, mayExport: true })[1], 3);
 });
 
 test('round trip with and without a peer; decoded keys are copies', () => {
@@ -71,7 +76,8 @@ test('hostile input: length, version, flags, reserved, zero keys, peer/flag disa
     assert.throws(() => decodeMhSecret(b), kind('length'), `length ${n}`);
   }
   for (const v of [0, 2, 0xff]) assert.throws(() => decodeMhSecret(mod(good, (b) => (b[0] = v))), kind('version'));
-  for (const f of [2, 0x80, 0x03]) assert.throws(() => decodeMhSecret(mod(good, (b) => (b[1] = f))), kind('flags'));
+  for (const f of [4, 0x80, 0x07]) assert.throws(() => decodeMhSecret(mod(good, (b) => (b[1] = f))), kind('flags'));
+  assert.throws(() => decodeMhSecret(mod(good, (b) => (b[1] = 2))), kind('peer'), 'export flag without the peer flag, peer key present');
   assert.throws(() => decodeMhSecret(mod(good, (b) => (b[2] = 1))), kind('reserved'));
   assert.throws(() => decodeMhSecret(mod(good, (b) => (b[3] = 0x80))), kind('reserved'));
   assert.throws(() => decodeMhSecret(mod(good, (b) => b.fill(0, 4, 36))), kind('key'), 'wiped identity');
