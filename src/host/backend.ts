@@ -18,7 +18,7 @@ import type { JsonValue } from '../protocol/qmp.js';
 import type { GuestHandle } from '../platform/host-face.js';
 import { startIncoming, startOutgoing, type IncomingMigration, type OutgoingMigration } from './migration/session.js';
 import type { PrecopyParams } from './migration/precopy.js';
-import { mhCountOf } from './migration/mh-mover.js';
+import { mhCountOf } from '../protocol/mh-layout.js';
 import type { MhTestHooks } from './migration/setup.js';
 import { DEFAULT_INCOMING_STALL_MS } from './migration/stall.js';
 

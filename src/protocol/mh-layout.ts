@@ -26,6 +26,7 @@
  * | bitmapEnd            | roundUp(pages · 4)       | last export/import epoch + 1 per GFN (0 = never)      |
  */
 import { mailboxLayout, type MailboxGeometry, type MailboxLayout } from './mailbox/layout.js';
+import { FW_MH_KEYS_BASE, FW_MH_KEYS_SIZE, FW_SHARED_BASE, FW_SHARED_SIZE } from './firmware-image.js';
 
 export const MH_PAGE = 4096;
 export const MH_MAX_VCPUS = 64;
@@ -119,6 +120,38 @@ export function mailboxGpa(r: MhRegion, k: number): number {
 export function inMhRegion(r: MhRegion, gfn: number): boolean {
   const a = gfn * MH_PAGE;
   return r.count > 0 && a >= r.scratchBase && a < r.mailboxBase + r.mailboxBytes;
+}
+
+/**
+ * The one rule of which frames the MH moves (docs/protocol.md §7.1), for the MH (which refuses the
+ * others), the host (which offers only these) and the tests: inside RAM, not the MH's own (its key
+ * region, scratch and mailboxes: never migrated, the target has its own), not the firmware's
+ * shared page (plaintext the target's firmware sets up anew). Why not, or null when it moves.
+ */
+export function frameRefusal(r: MhRegion, gfn: number): 'range' | 'mh' | 'shared' | null {
+  if (!Number.isInteger(gfn) || gfn < 0 || gfn >= r.pages) return 'range';
+  const keys = FW_MH_KEYS_BASE / MH_PAGE;
+  if ((gfn >= keys && gfn < keys + FW_MH_KEYS_SIZE / MH_PAGE) || inMhRegion(r, gfn)) return 'mh';
+  const shared = FW_SHARED_BASE / MH_PAGE;
+  if (gfn >= shared && gfn < shared + FW_SHARED_SIZE / MH_PAGE) return 'shared';
+  return null;
+}
+
+/** The value of an `mh=N` cmdline word (0..MH_MAX_VCPUS), or null: the one rule host and guest read it by. */
+export function parseMhCount(value: string): number | null {
+  return /^\d{1,10}$/.test(value) && Number(value) <= MH_MAX_VCPUS ? Number(value) : null;
+}
+
+/**
+ * `mh=N` of a cmdline, for the host (the guest's firmware parses the same words with
+ * {@link parseMhCount} and refuses to boot on a bad one): the last such word wins; absent or
+ * malformed is 0 (no MH, nothing to export: the safe reading).
+ */
+export function mhCountOf(cmdline: string | undefined): number {
+  if (cmdline === undefined) return 0;
+  let n = 0;
+  for (const w of cmdline.split(/\s+/)) if (w.startsWith('mh=')) n = parseMhCount(w.slice(3)) ?? 0;
+  return n;
 }
 
 /** The stream a given MH vCPU serves: stream 0 (control) on MH vCPU 0, page stream s ≥ 1 on (s − 1) mod N. */

@@ -14,7 +14,8 @@ import { RecordType, sealRecord, peekHeader, BACKWARD_STREAM } from '../../src/p
 import { encodeCommit } from '../../src/protocol/tokens.js';
 import { FW_SHARED_BASE, WORKLOAD_RAM_START } from '../../src/protocol/firmware-image.js';
 import { MH_KEY_PAGE, MhOff, MhState } from '../../src/guest/mh/keys.js';
-import { MH_POLL_MS, TokenKind } from '../../src/guest/mh/service.js';
+import { MH_POLL_MS } from '../../src/guest/mh/service.js';
+import { TokenKind } from '../../src/protocol/mailbox/index.js';
 import { signTicket, type TicketBody } from '../../src/protocol/ticket.js';
 import { x25519PublicKey } from '../../src/protocol/noise.js';
 import { bootPair, call, MiB, type CallResult, type Guest, type Pair } from './mh-service-rig.js';

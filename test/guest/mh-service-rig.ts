@@ -7,7 +7,7 @@
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createHostPlatform, gfn, type HostMachine } from '../../src/platform/host-face.js';
-import { buildFirmwareImage, parseFirmwareImage, FW_SECRET_BASE, FW_SHARED_BASE } from '../../src/protocol/firmware-image.js';
+import { buildFirmwareImage, parseFirmwareImage, FW_SECRET_BASE } from '../../src/protocol/firmware-image.js';
 import { buildResetVmsa, cpuSignature } from '../../src/protocol/sev/vmsa.js';
 import { buildSecretTable } from '../../src/protocol/sev/secret.js';
 import { encodeMhSecret, MH_ENVIRONMENT_GUID, MH_SECRET_GUID } from '../../src/protocol/mh-secret.js';
@@ -15,8 +15,7 @@ import { encodeEnvironment, SevType } from '../../src/protocol/environment.js';
 import { signTicket } from '../../src/protocol/ticket.js';
 import { x25519PublicKey } from '../../src/protocol/noise.js';
 import { HostMailbox, NO_SLOT, viewsOver, type Completion, type MailboxViews, type RequestDescriptor } from '../../src/protocol/mailbox/index.js';
-import { MH_GEOMETRY, inMhRegion, mailboxGpa, mhRegion, type MhRegion } from '../../src/protocol/mh-layout.js';
-import { isMhPrivate } from '../../src/guest/mh/keys.js';
+import { MH_GEOMETRY, frameRefusal, mailboxGpa, mhRegion, type MhRegion } from '../../src/protocol/mh-layout.js';
 
 const enc = new TextEncoder();
 export const MiB = 2 ** 20;
@@ -95,10 +94,9 @@ export class Guest {
     return this.spec.vcpus - this.spec.mh + k;
   }
 
-  /** Frames the HV would migrate as private pages (the MH refuses the others). */
+  /** Frames the HV would migrate as private pages (the MH refuses the others): the MH's one rule. */
   migratable(g: number): boolean {
-    const sharedFirst = FW_SHARED_BASE / 4096;
-    return g < this.region.pages && !isMhPrivate(g) && !inMhRegion(this.region, g) && g !== sharedFirst;
+    return frameRefusal(this.region, g) === null;
   }
 
   plain(g: number): Uint8Array {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { CompletionStatus as S, MailboxOp as Op, type HostMailbox } from '../../src/protocol/mailbox/index.js';
 import { streamOwner } from '../../src/protocol/mh-layout.js';
 import { MhState, mhState, MH_KEY_PAGE } from '../../src/guest/mh/keys.js';
-import { TokenKind } from '../../src/guest/mh/service.js';
+import { TokenKind } from '../../src/protocol/mailbox/index.js';
 import { checkAb } from '../../src/guest/workloads/ab.js';
 import { workloadRange } from '../../src/guest/workloads/index.js';
 import { parseCmdline, workloadCmdline } from '../../src/guest/firmware/cmdline.js';

@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { gfn } from '../../src/platform/host-face.js';
 import { CompletionStatus, MailboxOp as Op, encodeGfnList, type HostMailbox } from '../../src/protocol/mailbox/index.js';
 import { concat } from '../../src/protocol/bytes.js';
-import { TokenKind } from '../../src/guest/mh/service.js';
+import { TokenKind } from '../../src/protocol/mailbox/index.js';
 import { x25519PublicKey } from '../../src/protocol/noise.js';
 import { decodeTicket } from '../../src/protocol/ticket.js';
 import { RECEIPT_SIZE, ReceiptOutcome, receiptHash, signRelease, signStandDown, verifyReceipt } from '../../src/protocol/release.js';

@@ -12,7 +12,7 @@
  */
 import { parseSize } from '../../platform/address.js';
 import { WORKLOAD_RAM_START } from '../../protocol/firmware-image.js';
-import { MH_MAX_VCPUS, mhRegion } from '../../protocol/mh-layout.js';
+import { MH_MAX_VCPUS, mhRegion, parseMhCount } from '../../protocol/mh-layout.js';
 
 export type WorkloadName = 'ab' | 'pattern' | 'idle' | 'none';
 const WORKLOADS: readonly WorkloadName[] = ['ab', 'pattern', 'idle', 'none'];
@@ -90,9 +90,12 @@ export function parseCmdline(text: string): GuestCmdline {
       case 'vcpus':
         out.vcpus = uint(key, v, 4096);
         break;
-      case 'mh':
-        out.mh = uint(key, v, MH_MAX_VCPUS);
+      case 'mh': {
+        const n = parseMhCount(v);
+        if (n === null) throw new CmdlineError('value', `cmdline: mh=${v.slice(0, 40)} is not an integer in [0, ${MH_MAX_VCPUS}]`);
+        out.mh = n;
         break;
+      }
       default:
         out.unknown.push(key);
     }

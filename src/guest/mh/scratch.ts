@@ -23,9 +23,7 @@
  */
 import { gpa, PAGE_SIZE } from '../../platform/address.js';
 import type { GuestMemory } from '../../platform/guest-face.js';
-import { FW_SHARED_BASE, FW_SHARED_SIZE } from '../../protocol/firmware-image.js';
-import { inMhRegion, MH_MAX_VCPUS, type MhRegion } from '../../protocol/mh-layout.js';
-import { isMhPrivate } from './keys.js';
+import { frameRefusal, MH_MAX_VCPUS, type MhRegion } from '../../protocol/mh-layout.js';
 
 export const W = {
   QUIESCE: 0,
@@ -47,8 +45,6 @@ export const SCRATCH_STREAMS = 64;
 /** 0 idle (may become a source), 1 source session, 2 target waiting/importing, 3 migrated away, 4 target aborted or failed. */
 export const Role = { IDLE: 0, SOURCE: 1, TARGET: 2, MIGRATED: 3, DEAD: 4 } as const;
 
-const sharedFirst = FW_SHARED_BASE / PAGE_SIZE;
-const sharedEnd = sharedFirst + FW_SHARED_SIZE / PAGE_SIZE;
 
 export class MhScratch {
   readonly words: Int32Array;
@@ -76,17 +72,14 @@ export class MhScratch {
     Atomics.notify(this.words, w);
   }
 
-  /** Frames the MH may export or import: inside RAM, private, not the MH's own. */
+  /** Frames the MH may export or import (protocol/mh-layout.ts frameRefusal: the one rule). */
   migratable(gfn: number): boolean {
-    return Number.isInteger(gfn) && gfn >= 0 && gfn < this.region.pages && !isMhPrivate(gfn) && !inMhRegion(this.region, gfn) && !(gfn >= sharedFirst && gfn < sharedEnd);
+    return frameRefusal(this.region, gfn) === null;
   }
 
-  /** Why a frame is not migratable (for completion details and docs): 'range' | 'mh' | 'shared'. */
+  /** Why a frame is not migratable (for completion details): 'range' | 'mh' | 'shared'. */
   refusal(gfn: number): 'range' | 'mh' | 'shared' | null {
-    if (!Number.isInteger(gfn) || gfn < 0 || gfn >= this.region.pages) return 'range';
-    if (isMhPrivate(gfn) || inMhRegion(this.region, gfn)) return 'mh';
-    if (gfn >= sharedFirst && gfn < sharedEnd) return 'shared';
-    return null;
+    return frameRefusal(this.region, gfn);
   }
 
   markDirty(first: number, last: number): void {

@@ -28,6 +28,7 @@ import {
   MailboxError,
   MailboxOp,
   NO_SLOT,
+  TokenKind,
   initMailbox,
   viewsOver,
   type Completion,
@@ -58,8 +59,6 @@ import { sourceBegin, sourceFinish, targetRespond, MhSessionError, type SourcePe
 import { backwardKey, closeSession, MhKeyError, MhOff, MH_KEY_PAGE, readIdentity, streamKey, zeroizeMh, type MhIdentity } from './keys.js';
 import { MhScratch, Role, START_HASH_OFF, W } from './scratch.js';
 
-/** TOKEN request kinds, carried in the descriptor's `stream` field (TOKEN output is always stream 0). */
-export const TokenKind = { EPOCH_END: 0, QUIESCE: 1, START: 2, RESUME: 3 } as const;
 
 /** How long QUIESCE waits for the workload vCPUs to park before it answers BadState. */
 export const QUIESCE_WAIT_MS = 2000;

@@ -14,9 +14,8 @@
  * - {@link mhMigratable}: which frames the host offers the source MH (the MH refuses the others).
  */
 import { gfn, type HostMachine } from '../../platform/host-face.js';
-import { FW_MH_KEYS_BASE, FW_MH_KEYS_SIZE } from '../../protocol/firmware-image.js';
-import { CompletionStatus, HostMailbox, MailboxError, MailboxOp, viewsOver, type Completion, type RequestDescriptor } from '../../protocol/mailbox/index.js';
-import { MH_GEOMETRY, inMhRegion, mailboxGpa, streamOwner, type MhRegion } from '../../protocol/mh-layout.js';
+import { CompletionStatus, HostMailbox, MailboxError, MailboxOp, TokenKind, viewsOver, type Completion, type RequestDescriptor } from '../../protocol/mailbox/index.js';
+import { MH_GEOMETRY, frameRefusal, mailboxGpa, streamOwner, type MhRegion } from '../../protocol/mh-layout.js';
 import { MAX_PAGES_PER_RECORD } from '../../protocol/record.js';
 import { describeRefusal } from '../../protocol/refusal.js';
 
@@ -30,13 +29,11 @@ export class MhError extends Error {
 }
 
 /** TOKEN request kinds (`stream` field of a TOKEN request, docs/protocol.md §7.3). */
-export const MhToken = { EPOCH_END: 0, QUIESCE: 1, START: 2, RESUME: 3 } as const;
-export type MhTokenKind = (typeof MhToken)[keyof typeof MhToken];
+/** The TOKEN kinds (protocol/mailbox: one vocabulary for the MH and the host). */
+export { TokenKind as MhToken } from '../../protocol/mailbox/index.js';
 
 const OP_NAMES = Object.fromEntries(Object.entries(MailboxOp).map(([k, v]) => [v, k])) as Record<number, string>;
 
-/** The MH key region the firmware image publishes (protocol/firmware-image.ts): never migrated. */
-export const MH_KEY_REGION = { first: FW_MH_KEYS_BASE / 4096, pages: FW_MH_KEYS_SIZE / 4096 } as const;
 
 /** Default bound of one MH request (QUIESCE alone may take 2 s in the guest). */
 export const MH_REQUEST_TIMEOUT_MS = 20_000;
@@ -206,16 +203,6 @@ export function expectOk(c: Completion, what: string, mh: number): void {
   }
 }
 
-/** `mh=N` from a cmdline (0 when absent); the measured cmdline is what the guest itself obeys. */
-export function mhCountOf(cmdline: string | undefined): number {
-  if (cmdline === undefined) return 0;
-  let n = 0;
-  for (const w of cmdline.split(/\s+/)) {
-    const m = /^mh=(\d{1,2})$/.exec(w);
-    if (m) n = Number(m[1]);
-  }
-  return n;
-}
 
 /**
  * Maps MH vCPU k's mailbox for k in 0..n-1: polls (every 10 ms, up to `timeoutMs`) until the pages
@@ -265,12 +252,12 @@ export async function mapMhMailboxes(machine: HostMachine, region: MhRegion, tim
   return links;
 }
 
-/** Frames the host offers the source MH: below RAM, not the MH key region, not the MH region, not shared. */
+/**
+ * Frames the host offers the source MH: the MH's own rule (protocol/mh-layout.ts frameRefusal),
+ * and not shared now (a page the guest shared at run time is plaintext the host may read itself).
+ */
 export function mhMigratable(machine: HostMachine, region: MhRegion, g: number): boolean {
-  if (g >= region.pages) return false;
-  if (g >= MH_KEY_REGION.first && g < MH_KEY_REGION.first + MH_KEY_REGION.pages) return false;
-  if (inMhRegion(region, g)) return false;
-  return !machine.memory.isShared(gfn(g));
+  return frameRefusal(region, g) === null && !machine.memory.isShared(gfn(g));
 }
 
 /** The record bytes in the completion's slot (a view: valid until the slot is released). */
@@ -341,9 +328,9 @@ export class MhSource {
   }
 
   /** TOKEN on MH 0; returns the token record (a copy), empty for QUIESCE/RESUME. */
-  async token(kind: MhTokenKind, epoch: number, timeoutMs?: number): Promise<Uint8Array> {
+  async token(kind: TokenKind, epoch: number, timeoutMs?: number): Promise<Uint8Array> {
     const r = await this.mh0.call({ op: MailboxOp.Token, stream: kind, epoch, pageCount: 0, vcpu: 0 }, undefined, timeoutMs);
-    expectOk(r.c, `TOKEN ${Object.keys(MhToken)[kind] ?? kind} (epoch ${epoch})`, 0);
+    expectOk(r.c, `TOKEN ${Object.keys(TokenKind)[kind] ?? kind} (epoch ${epoch})`, 0);
     return r.out;
   }
 

@@ -56,6 +56,10 @@ export const MailboxOp = {
 } as const;
 export type MailboxOp = (typeof MailboxOp)[keyof typeof MailboxOp];
 
+/** TOKEN request kinds, carried in the descriptor's `stream` field (docs/protocol.md §7.3; TOKEN output is always stream 0). */
+export const TokenKind = { EPOCH_END: 0, QUIESCE: 1, START: 2, RESUME: 3 } as const;
+export type TokenKind = (typeof TokenKind)[keyof typeof TokenKind];
+
 export const CompletionStatus = {
   Invalid: 0,
   /** Done; `bytesWritten` bytes of output are in `slot`. */
