@@ -135,8 +135,12 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   const need = (): { s: MhSource; c: Channels; ib: MainInbox; ak: AckTracker } => {
     const e = inbox?.error;
     if (e) throw new SessionError('protocol', `main channel: ${e.message}`);
-    // During pre-copy the target only speaks to refuse: an ABORT record or an ERROR (left queued for the end).
-    if (inbox?.queued()) throw new SessionError('refused', 'the target aborted the migration');
+    // During pre-copy the target only speaks to refuse: its ERROR (the reason) and its ABORT record.
+    // The ERROR stays queued for nobody else; the ABORT stays for the end (it closes the MH session).
+    if (inbox?.queued()) {
+      const why = inbox.take((m) => m.type === 'error');
+      throw new SessionError('refused', `the target aborted the migration${why?.type === 'error' ? `: ${why.reason}` : ''}`);
+    }
     if (!src || !chans || !inbox || !acks || state.kind === 'setup') throw new SessionError('protocol', 'no session with the target');
     return { s: src, c: chans, ib: inbox, ak: acks };
   };
@@ -353,11 +357,23 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     }
   };
 
-  const done = handle.done.then(async (r): Promise<PrecopyResult> => {
+  const done = handle.done.then(async (r0): Promise<PrecopyResult> => {
     ac.abort();
     acks?.close();
     const c = chans as Channels | null;
     const ib = inbox as MainInbox | null;
+    // The target's own reason beats what the source saw of it (a reset socket, a send that failed).
+    // It is sent before the target closes, but may be a few event-loop turns behind the page
+    // channel's error: wait for it briefly (it never comes from a target that died).
+    let said = r0.status === 'failed' ? ib?.take((m) => m.type === 'error') : undefined;
+    for (let waited = 0; r0.status === 'failed' && ib && said === undefined && ib.error === null && waited < 500; waited += 20) {
+      await new Promise((res) => setTimeout(res, 20));
+      said = ib.take((m) => m.type === 'error');
+    }
+    said ??= r0.status === 'failed' ? ib?.take((m) => m.type === 'error') : undefined;
+    const r: PrecopyResult = said?.type === 'error' && !(r0.error ?? '').includes(said.reason)
+      ? { ...r0, error: `the target failed the migration: ${said.reason}`, info: { ...r0.info, 'error-desc': `the target failed the migration: ${said.reason}` } }
+      : r0;
     if (r.status !== 'completed' && !isTerminal(state)) {
       const reason = r.error ?? r.status;
       if (mustStayStopped(state) && c && ib && src) await tryAbort(c, ib);
@@ -649,6 +665,8 @@ export async function startIncomingMh(opts: IncomingOptions, hooks: MhIncomingHo
       const t = tgt as MhTarget | null;
       const c = chans as Channels | null;
       if (t && !committed) {
+        // The reason first, so the source reports the target's refusal rather than its dropped socket.
+        if (c) await within(c.main.send(FrameKind.Control, encodeControl({ type: 'error', reason: error })), 2_000, 'ERROR to the source').catch(() => undefined);
         try {
           const rec = await t.abort();
           if (c) await within(c.main.send(FrameKind.Record, rec), 2_000, 'ABORT to the source').catch(() => undefined);
