@@ -7,7 +7,7 @@ import { decodeMainControl } from './mh-wire.js';
 import { SessionError } from './errors.js';
 
 /** How long the source waits for the target to acknowledge a frame it sent. */
-export const ACK_TIMEOUT_MS = 60_000;
+export const ACK_TIMEOUT_MS = 30_000;
 
 /**
  * The source's view of the target's ACKs (mh-wire.ts ACK, on the page channels): one reader per

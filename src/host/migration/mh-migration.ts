@@ -33,7 +33,7 @@ import { DEFAULT_INCOMING_STALL_MS, watchIncoming } from './stall.js';
 import { newTarget, targetStep, type TargetEvent, type TargetState } from './target-state.js';
 import { ReceiptOffset, ReceiptOutcome } from '../../protocol/release.js';
 import { isTerminal, mustStayStopped, newSource, sourceStep, type HeldInfo, type SourceEvent, type SourceState } from './source-state.js';
-import { checkSetup, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type MhOutgoingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './setup.js';
+import { checkSetup, FINAL_REPLY_TIMEOUT_MS, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type MhOutgoingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './setup.js';
 import { SessionError, within } from './errors.js';
 
 /**
@@ -283,7 +283,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     await c.main.send(FrameKind.Control, encodeControl({ type: 'complete', deviceFrames: 0 }));
     bytes += 2 * FRAME_HEADER_SIZE + start.byteLength + 8;
     phase('start token sent');
-    const reply = await ib.next(opts.finalTimeoutMs ?? 110_000, 'COMMIT');
+    const reply = await ib.next(opts.finalTimeoutMs ?? FINAL_REPLY_TIMEOUT_MS, 'COMMIT');
     phase('target replied');
     if (reply.type === 'record') {
       const t = recordType(reply.bytes);

@@ -46,7 +46,7 @@ import { encodeMhControl } from './mh-wire.js';
 import { startIncomingMh, startOutgoingMh } from './mh-migration.js';
 import { DEFAULT_INCOMING_STALL_MS, watchIncoming } from './stall.js';
 import { SessionError, within } from './errors.js';
-import { checkSetup, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './setup.js';
+import { checkSetup, FINAL_REPLY_TIMEOUT_MS, SETUP_TIMEOUT_MS, DEFAULT_ACCEPT_TIMEOUT_MS, type IncomingHooks, type IncomingMigration, type IncomingOptions, type OutgoingHooks, type OutgoingMigration, type OutgoingOptions } from './setup.js';
 
 export { SessionError } from './errors.js';
 export * from './setup.js';
@@ -172,7 +172,7 @@ export function startOutgoing(opts: OutgoingOptions, hooks: OutgoingHooks): Outg
     completeSent = true;
     await c.main.send(FrameKind.Control, encodeControl({ type: 'complete', deviceFrames: states.length }));
     bytes += c.main.bytesSent - before;
-    const reply = await ib.next(opts.finalTimeoutMs ?? 110_000, 'COMMITTED');
+    const reply = await ib.next(opts.finalTimeoutMs ?? FINAL_REPLY_TIMEOUT_MS, 'COMMITTED');
     if (reply.type === 'error') throw new SessionError('refused', `the target failed the migration: ${reply.reason}`);
     if (reply.type !== 'committed') throw new SessionError('protocol', `expected COMMITTED from the target, got ${reply.type}`);
     if (pspStarted && hooks.psp) {

@@ -16,6 +16,13 @@ import type { HeldInfo } from './source-state.js';
 import { SessionError } from './errors.js';
 
 export const SETUP_TIMEOUT_MS = 30_000;
+/**
+ * How long the source waits for the target's answer to COMPLETE (its COMMIT, COMMITTED or ABORT).
+ * The target has imported everything by then (acknowledged imports), so the answer takes
+ * milliseconds; 30 s, like the target's bound on silence, keeps every side terminal well within a
+ * minute after a black hole.
+ */
+export const FINAL_REPLY_TIMEOUT_MS = 30_000;
 /** How long a target listens for the source (QEMU waits forever; sevmig bounds every wait). */
 export const DEFAULT_ACCEPT_TIMEOUT_MS = 600_000;
 
@@ -51,7 +58,7 @@ export interface OutgoingOptions {
   /** Pre-copy engine: pages per batch (default 512) and batches in flight (default 2 per channel). */
   batchPages?: number;
   maxInFlight?: number;
-  /** Stop-and-copy bound (default the driver's 120 s). */
+  /** Wait for the target's answer to COMPLETE (default FINAL_REPLY_TIMEOUT_MS); when set, the whole stop-and-copy is bounded by this + 5 s (else the driver's 120 s). */
   finalTimeoutMs?: number;
   /** Mover 'mh': the owner's ticket and the guest's MH vCPU count (mh-migration.ts). */
   mh?: MhOutgoingOptions;
