@@ -404,7 +404,10 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     const hung = term.source === null || term.target === null;
     result.hung = hung;
 
-    const committed = wire.commitSeen || (tS.reachable && (tS.migration === 'completed' || tS.running));
+    // The target MH made a COMMIT record (the proxy saw it go by, even if it never arrived), or
+    // the target host says its incoming migration completed. A target that merely runs is not
+    // evidence: that is what target-runnable-iff checks.
+    const committed = wire.commitSeen || (tS.reachable && tS.migration === 'completed');
     result.facts.tokenLeft = wire.tokenLeft;
     result.facts.commitSeen = wire.commitSeen;
     result.facts.abortSeen = wire.abortSeen;

@@ -102,7 +102,7 @@ export async function pingPong(n: number, variant: Variant, say: (l: string) => 
         break;
       }
       const kb = (v: number | null): string => (v === null ? '   -' : `${(v / 1024).toFixed(0).padStart(4)}`);
-      say(`  hop ${String(i).padStart(2)}: ${hop.from.padEnd(16)} → ${hop.to.padEnd(16)} ${String(hop.ms).padStart(5)} ms, downtime ${hop.downtimeMs ?? '-'} ms; RSS MiB source ${kb(hop.rssKb.sourceBefore)} → ${kb(hop.rssKb.sourceAfter)}, target ${kb(hop.rssKb.targetBefore)} → ${kb(hop.rssKb.targetAfter)}`);
+      say(`  hop ${String(i).padStart(2)}: ${hop.from.padEnd(16)} → ${hop.to.padEnd(16)} ${String(hop.ms).padStart(5)} ms, downtime ${hop.downtimeMs === null ? '-' : Math.round(hop.downtimeMs)} ms; RSS MiB source ${kb(hop.rssKb.sourceBefore)} → ${kb(hop.rssKb.sourceAfter)}, target ${kb(hop.rssKb.targetBefore)} → ${kb(hop.rssKb.targetAfter)}`);
       await cur.c.close().catch(() => undefined);
       await cur.h.stop(3_000);
       cur = next;
