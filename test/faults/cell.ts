@@ -414,9 +414,12 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     result.facts.committed = committed;
     const migration = store.listMigrations().filter((m) => m.sourceInstance === instance).at(-1);
 
-    // ---- the owner's way out: only after the start token left and the source did not complete
+    // ---- the owner's way out: only after the start token left (the proxy saw it go, or the source
+    // host reports itself held: its MH may have made a token that never reached the wire) and the
+    // source did not complete. The host's report is only the trigger to ask (protocol.md §7.6).
+    const tokenOut = wire.tokenLeft || sS.held !== null;
     let owner: OwnerStepResult | null = null;
-    if (wire.tokenLeft && sS.migration !== 'completed' && migration) {
+    if (tokenOut && sS.migration !== 'completed' && migration) {
       owner = await resolveHeld(src.alive ? srcOwner : null, tgt.alive ? tgtOwner : null, store, migration.id);
       result.facts.ownerStep = owner;
       at(`owner step: ${owner.available ? `${owner.outcome}: ${owner.detail}` : owner.detail}`);
@@ -447,7 +450,7 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     let contAccepted = false;
     let contProgress: boolean | null = null;
     const released = owner?.outcome === 'released';
-    if (src.alive && sS.reachable && !sS.running && (committed || wire.tokenLeft) && !released) {
+    if (src.alive && sS.reachable && !sS.running && (committed || tokenOut) && !released) {
       try {
         await srcMon.execute('cont', undefined, 10_000);
         contAccepted = true;
@@ -479,7 +482,7 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     }
     // 2. the source is runnable iff no commit happened or the owner released it
     {
-      const heldWhy = !committed && wire.tokenLeft && !released ? (owner === null ? 'owner step not tried' : !owner.available ? 'owner step not available' : `owner step ${owner.outcome}: ${owner.detail}`) : null;
+      const heldWhy = !committed && tokenOut && !released ? (owner === null ? 'owner step not tried' : !owner.available ? 'owner step not available' : `owner step ${owner.outcome}: ${owner.detail}`) : null;
       if (!src.alive) add('source-runnable-iff', 'n/a', `source process gone (${spec.fault})`);
       else if (committed && srcRunnable) add('source-runnable-iff', 'fail', `the target committed, yet the source is runnable (${describeSide(sS)}${contAccepted ? ', accepted cont' : ''}${srcProgress ? ', guest advancing' : ', guest frozen'})`, true);
       else if (committed) add('source-runnable-iff', 'pass', `committed: source ${describeSide(sS)}, not runnable`);
@@ -487,7 +490,7 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
       else if (heldWhy !== null && !srcRunnable) add('source-runnable-iff', 'pass', `no commit, start token left: held (${describeSide(sS)}) until the owner releases it; ${heldWhy}`);
       else if (heldWhy !== null && srcRunnable) add('source-runnable-iff', 'fail', `the start token left and nobody released the source, yet it is runnable (${describeSide(sS)}${contAccepted ? ', accepted cont' : ''}${srcProgress ? ', guest advancing' : ', guest frozen'})`, tgt.alive && tS.migration !== 'failed');
       else if (sS.running && pSrc === true) add('source-runnable-iff', 'pass', 'no commit: source running, guest advancing');
-      else add('source-runnable-iff', 'fail', `no commit${wire.tokenLeft ? ' (released)' : ', start token never left'}, yet the source is ${describeSide(sS)}${sS.running ? ' with the guest frozen' : ''}`);
+      else add('source-runnable-iff', 'fail', `no commit${tokenOut ? ' (released)' : ', start token never left'}, yet the source is ${describeSide(sS)}${sS.running ? ' with the guest frozen' : ''}`);
     }
     // 3. the target is runnable iff it committed
     if (!tgt.alive) add('target-runnable-iff', 'n/a', `target process gone${committed ? ' (after it committed)' : ''}`);
@@ -497,7 +500,7 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     // 4. terminal within the bound
     add('terminal-within-bound', hung ? 'fail' : 'pass', `bound ${spec.boundMs / 1000} s: source ${term.source === null ? `not terminal (${describeSide(sS)})` : `terminal after ${(term.source / 1000).toFixed(1)} s`}, target ${term.target === null ? `not terminal (${describeSide(tS)})` : `terminal after ${(term.target / 1000).toFixed(1)} s`}`);
     // 5. the owner's way out (only where the start token left and the source did not complete)
-    if (owner === null) add('owner-step', 'n/a', wire.tokenLeft ? 'the source completed: nothing to resolve' : 'the start token never left: the host\'s own way out (§7.7) applies');
+    if (owner === null) add('owner-step', 'n/a', tokenOut ? 'the source completed: nothing to resolve' : 'the start token never left: the host\'s own way out (§7.7) applies');
     else if (!owner.available) add('owner-step', 'n/a', owner.detail);
     else {
       const want = committed ? 'committed' : tgt.alive ? 'released' : 'unresolved';
@@ -524,8 +527,8 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     else if (!src.alive) add('retry', 'n/a', 'the source (the only copy) is gone');
     else if (spec.retry === false) add('retry', 'n/a', 'retry not asked for');
     else if (term.source === null) add('retry', 'fail', `the source never reached a terminal state (${describeSide(sS)})`);
-    else if (wire.tokenLeft && !released && (owner === null || !owner.available)) add('retry', 'n/a', `held after the start token; ${owner === null ? 'owner step not tried' : owner.detail}`);
-    else if (wire.tokenLeft && !released && !tgt.alive) add('retry', 'n/a', 'held after the start token and the target died: no receipt can come (protocol.md §7.6 honest limit)');
+    else if (tokenOut && !released && (owner === null || !owner.available)) add('retry', 'n/a', `held after the start token; ${owner === null ? 'owner step not tried' : owner.detail}`);
+    else if (tokenOut && !released && !tgt.alive) add('retry', 'n/a', 'held after the start token and the target died: no receipt can come (protocol.md §7.6 honest limit)');
     else {
       const retryHost = await startHost(dir, 'retry');
       hosts.push(retryHost);
