@@ -418,6 +418,9 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     // host reports itself held: its MH may have made a token that never reached the wire) and the
     // source did not complete. The host's report is only the trigger to ask (protocol.md §7.6).
     const tokenOut = wire.tokenLeft || sS.held !== null;
+    // A target MH that can still answer a stand-down: its host is alive and still has the VM
+    // (a discarded target is 'prelaunch' again). Without one no receipt can ever come.
+    const targetMh = tgt.alive && tS.reachable && tS.runState !== 'prelaunch';
     let owner: OwnerStepResult | null = null;
     if (tokenOut && sS.migration !== 'completed' && migration) {
       owner = await resolveHeld(src.alive ? srcOwner : null, tgt.alive ? tgtOwner : null, store, migration.id);
@@ -503,8 +506,8 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     if (owner === null) add('owner-step', 'n/a', tokenOut ? 'the source completed: nothing to resolve' : 'the start token never left: the host\'s own way out (§7.7) applies');
     else if (!owner.available) add('owner-step', 'n/a', owner.detail);
     else {
-      const want = committed ? 'committed' : tgt.alive ? 'released' : 'unresolved';
-      const ok = owner.outcome === want || (!committed && !tgt.alive && owner.outcome === 'released');
+      const want = committed ? 'committed' : targetMh ? 'released' : 'unresolved';
+      const ok = owner.outcome === want;
       add('owner-step', ok ? 'pass' : 'fail', `resolveMigration → ${owner.outcome} (${owner.detail}) in ${owner.ms.toFixed(0)} ms; expected ${want}`, owner.outcome === 'released' && committed);
     }
     // 6. the owner's record agrees with what happened
@@ -528,7 +531,7 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     else if (spec.retry === false) add('retry', 'n/a', 'retry not asked for');
     else if (term.source === null) add('retry', 'fail', `the source never reached a terminal state (${describeSide(sS)})`);
     else if (tokenOut && !released && (owner === null || !owner.available)) add('retry', 'n/a', `held after the start token; ${owner === null ? 'owner step not tried' : owner.detail}`);
-    else if (tokenOut && !released && !tgt.alive) add('retry', 'n/a', 'held after the start token and the target died: no receipt can come (protocol.md §7.6 honest limit)');
+    else if (tokenOut && !released && !targetMh) add('retry', 'n/a', `held after the start token and the target's MH is gone (${tgt.alive ? 'VM discarded' : 'host dead'}): no receipt can come (protocol.md §7.6 honest limit)`);
     else {
       const retryHost = await startHost(dir, 'retry');
       hosts.push(retryHost);
