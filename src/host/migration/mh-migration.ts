@@ -357,7 +357,10 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     }
   };
 
+  /** Set once pre-copy ended: from then a source that must stay stopped is held, whatever is still being tried. */
+  let precopyOver = false;
   const done = handle.done.then(async (r0): Promise<PrecopyResult> => {
+    precopyOver = true;
     ac.abort();
     acks?.close();
     const c = chans as Channels | null;
@@ -385,7 +388,9 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
             if (c) await within(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000, 'CANCEL to the target').catch(() => undefined);
             await closeBeforeStart().catch(() => undefined);
           }
-          if (!mustStayStopped(state)) state = f.state;
+          // Unless the MH refused our RESUME (then it holds the guest and so do we), the step decides:
+          // held-for-owner after the start token, failed or cancelled before it.
+          if (state.kind !== 'held-for-owner') state = f.state;
         }
       }
       if (state.kind === 'held-for-owner') log(`held for the owner: ${state.reason}`);
@@ -403,10 +408,18 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   let final: MigrationInfo | null = null;
   void done.then((r) => { final = r.info; });
   const migrationId = ticketMigrationId(mh.ticket);
+  /**
+   * Held: stopped for the owner. Also while the session still asks the target for an ABORT after
+   * pre-copy ended: the host must not report or act on anything else in between.
+   */
+  const heldNow = (): HeldInfo | null =>
+    state.kind === 'held-for-owner' ? heldInfo(state.reason, migrationId)
+    : state.kind === 'start-sent' && precopyOver ? heldInfo('no COMMIT or ABORT from the target yet', migrationId)
+    : null;
   const extra = (): MigrationInfo => ({
     'x-sevmig-mover': 'mh',
     'x-sevmig-session': state.kind,
-    ...(state.kind === 'held-for-owner' ? { 'x-sevmig-held': heldInfo(state.reason, migrationId) } : {}),
+    ...(heldNow() ? { 'x-sevmig-held': heldNow() } : {}),
     'x-sevmig-records': records,
     'x-sevmig-payload-bytes': recordPages * PAGE_SIZE,
     'x-sevmig-wire-overhead': recordPages > 0 ? Number(((recordBytes - recordPages * PAGE_SIZE) / (recordPages * PAGE_SIZE)).toFixed(6)) : 0,
@@ -424,7 +437,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
       if (!mustStayStopped(state)) ac.abort();
     },
     setParameters: (p) => handle.setParameters(p),
-    held: () => (state.kind === 'held-for-owner' ? heldInfo(state.reason, migrationId) : null),
+    held: () => heldNow(),
     release: async (bytes: Uint8Array) => {
       await done;
       if (state.kind !== 'held-for-owner') throw new SessionError('refused', `nothing to release: this migration is ${state.kind}`);
