@@ -536,6 +536,7 @@ test("mapMhMailboxes: a machine's next migration keeps its ring ends and request
   assert.notEqual(second, first);
   assert.equal(second.mb, first.mb, 'the same ring ends');
   assert.equal(second.idCounter, first.idCounter, 'the same request ids');
+  assert.equal(second.mb.inFlight, 0, 'the late completion was drained before the new link was handed out');
   const p = second.request(token(0), 1_000);
   const [fresh] = (await mh.take(1)) as [RequestDescriptor];
   assert.equal(fresh.requestId, old.requestId + 1);
