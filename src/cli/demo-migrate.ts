@@ -71,6 +71,8 @@ export async function migrateAndCheck(o: {
   sourceInstance: string;
   launch: Omit<GuestLaunchOptions, 'mh' | 'start'>;
   workloadVcpus: number;
+  /** Migration parameters over the demo's (e.g. max-bandwidth). */
+  parameters?: Record<string, number>;
   interactive: boolean;
   say: (l: string) => void;
   /** Records the migration (`sevmig demo --report`); `onRecord` gets it when the migration ended, however it ended. */
@@ -82,7 +84,7 @@ export async function migrateAndCheck(o: {
     r = await migrateGuest(o.source, o.target, o.store, {
       sourceInstance: o.sourceInstance,
       target: o.launch,
-      parameters: { ...DEMO_MIGRATION_PARAMETERS },
+      parameters: { ...DEMO_MIGRATION_PARAMETERS, ...(o.parameters ?? {}) },
       capabilities: DEMO_MIGRATION_CAPABILITIES.map((c) => ({ ...c })),
       onProgress: (p) => {
         progress.update(p);

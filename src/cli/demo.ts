@@ -41,6 +41,7 @@ interface DemoFlags {
   json: boolean;
   store?: string;
   report?: string;
+  maxBandwidth: string;
 }
 
 export interface DemoResult {
@@ -83,6 +84,14 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
   if (!Number.isInteger(mhVcpus) || mhVcpus < 0 || mhVcpus > 8) throw new CliError(`--mh-vcpus must be 0..8, got '${flags.mhVcpus}'`);
   if (flags.migrate && mhVcpus < 1) throw new CliError('migration needs at least one MH vCPU (--mh-vcpus 1), or --no-migrate');
   const workloadSize = parseSize(flags.workloadSize);
+  let maxBandwidth = 0;
+  if (flags.maxBandwidth !== '0') {
+    try {
+      maxBandwidth = parseSize(flags.maxBandwidth);
+    } catch {
+      throw new CliError(`--max-bandwidth must be a rate such as 16M (per second) or 0, got '${flags.maxBandwidth}'`);
+    }
+  }
   const sevType = flags.sevEs ? 'sev-es' : 'sev';
   if (flags.report !== undefined) {
     if (!flags.migrate) throw new CliError('--report saves the migration as a run: it cannot be used with --no-migrate');
@@ -208,6 +217,7 @@ export async function runDemo(flags: DemoFlags, say: (line: string) => void): Pr
         sourceInstance: launch.instanceId ?? '',
         launch: { ...guestSpec, name: 'demo-target', secrets: [{ guid: DISK_PASSPHRASE_GUID, data: passphrase }] },
         workloadVcpus: vcpus,
+        parameters: { 'max-bandwidth': maxBandwidth },
         interactive: !!process.stdout.isTTY && !flags.json,
         say,
         ...(record ? { record } : {}),
@@ -259,7 +269,7 @@ function demoRun(startedAt: string, flags: DemoFlags, m: MigrationRecord): RunDo
       workload: flags.workload,
       workloadSize: flags.workloadSize,
       runMs: flags.runMs,
-      parameters: DEMO_MIGRATION_PARAMETERS,
+      parameters: { ...DEMO_MIGRATION_PARAMETERS, 'max-bandwidth': flags.maxBandwidth === '0' ? 0 : flags.maxBandwidth },
       capabilities: DEMO_MIGRATION_CAPABILITIES,
     },
     rows: [],
@@ -276,6 +286,7 @@ export function registerDemo(program: Command): void {
     .option('--vcpus <n>', 'guest vCPUs running the workload', '2')
     .option('--mh-vcpus <n>', 'Migration Handler vCPUs (auxiliary, inside the guest)', '1')
     .option('--workload-size <size>', 'RAM the workload writes to', '16M')
+    .option('--max-bandwidth <size>', 'migration rate limit per second, as QEMU\'s max-bandwidth (16M = 16 MiB/s; 0 = none)', '0')
     .option('--no-migrate', 'stop after the launch (no second host, no migration)')
     .option('--workload <name>', 'ab | pattern | idle', 'ab')
     .option('--run-ms <ms>', 'how long to let the workload run', '1500')

@@ -26,8 +26,10 @@ export class AckTracker {
     this.acked = pages.map(() => 0);
     this.waiters = pages.map(() => []);
     pages.forEach((ch, i) => void this.read(ch, i));
-    // One listener for the session, not one per waiting batch.
-    signal.addEventListener('abort', () => this.fail(new SessionError('cancelled', 'migration cancelled while waiting for the target')), { once: true });
+    // One listener for the session, not one per waiting batch; a signal already aborted never fires it.
+    const cancelled = () => this.fail(new SessionError('cancelled', 'migration cancelled while waiting for the target'));
+    if (signal.aborted) cancelled();
+    else signal.addEventListener('abort', cancelled, { once: true });
   }
 
   private async read(ch: Channel, i: number): Promise<void> {

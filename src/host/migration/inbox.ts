@@ -56,20 +56,23 @@ export class Inbox<T> {
     return this.err;
   }
 
-  /** The next item, within `ms`. */
+  /** The next item, within `ms`. One reader at a time (a second one is refused, as Channel.next does). */
   next(ms: number, what: string): Promise<T> {
     const m = this.queue.shift();
     if (m !== undefined) return Promise.resolve(m);
     if (this.err) return Promise.reject(this.err);
+    if (this.waiter !== null) return Promise.reject(this.errorOf('protocol', `a second reader waits for ${what} while one is waiting`));
     return new Promise((resolve, reject) => {
+      const w = {
+        resolve: (v: T) => { clearTimeout(t); resolve(v); },
+        reject: (e: Error) => { clearTimeout(t); reject(e); },
+      };
       const t = setTimeout(() => {
-        this.waiter = null;
+        // Only our own waiter: a stale timer must never strand the next reader.
+        if (this.waiter === w) this.waiter = null;
         reject(this.errorOf('timeout', `no ${what} from the peer within ${ms} ms`));
       }, ms);
-      this.waiter = {
-        resolve: (v) => { clearTimeout(t); resolve(v); },
-        reject: (e) => { clearTimeout(t); reject(e); },
-      };
+      this.waiter = w;
     });
   }
 

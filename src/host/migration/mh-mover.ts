@@ -52,7 +52,7 @@ interface IdCounter {
 
 export class MhLink {
   private readonly free: number[];
-  private readonly slotWaiters: ((slot: number) => void)[] = [];
+  private readonly slotWaiters: { take(slot: number): void; fail(e: Error): void }[] = [];
   private readonly pending = new Map<number, Pending>();
   private pumping = false;
   private broken: Error | null = null;
@@ -77,9 +77,15 @@ export class MhLink {
     const s = this.free.shift();
     if (s !== undefined) return Promise.resolve(s);
     return new Promise((resolve, reject) => {
-      const waiter = (slot: number): void => {
-        clearTimeout(t);
-        resolve(slot);
+      const waiter = {
+        take: (slot: number): void => {
+          clearTimeout(t);
+          resolve(slot);
+        },
+        fail: (e: Error): void => {
+          clearTimeout(t);
+          reject(e);
+        },
       };
       const t = setTimeout(() => {
         const i = this.slotWaiters.indexOf(waiter);
@@ -92,7 +98,7 @@ export class MhLink {
 
   releaseSlot(slot: number): void {
     const w = this.slotWaiters.shift();
-    if (w) w(slot);
+    if (w) w.take(slot);
     else this.free.push(slot);
   }
 
@@ -123,7 +129,7 @@ export class MhLink {
         clearTimeout(p.timer);
         p.reject(e instanceof Error ? e : new Error(String(e)));
       });
-      if (!this.pumping) void this.pump();
+      if (!this.pumping) void this.pump().catch((e: unknown) => this.fail(new MhError('mailbox', `MH ${this.index}: completion ring: ${e instanceof Error ? e.message : String(e)}`)));
     });
   }
 
@@ -142,14 +148,10 @@ export class MhLink {
         const got = this.mb.takeCompletions();
         for (const c of got) {
           if (c instanceof MailboxError) {
-            // A completion we cannot parse: the MH (guest) is broken; nothing on this link can be trusted.
-            const p = c.requestId !== undefined ? this.pending.get(c.requestId) : undefined;
-            if (p) {
-              this.pending.delete(c.requestId as number);
-              clearTimeout(p.timer);
-              p.reject(new MhError('mailbox', `MH ${this.index}: bad completion: ${c.message}`));
-            }
-            continue;
+            // A completion we cannot parse: the MH (guest) is broken; nothing on this link can be
+            // trusted, so the link fails (every request, every slot waiter) rather than limp on.
+            this.fail(new MhError('mailbox', `MH ${this.index}: bad completion: ${c.message}`));
+            return;
           }
           const p = this.pending.get(c.requestId);
           if (!p) continue; // late (timed out) or unknown: ignored
@@ -165,7 +167,7 @@ export class MhLink {
     }
   }
 
-  /** Rejects everything outstanding (cancel, teardown). */
+  /** Rejects everything outstanding, requests and slot waiters (cancel, teardown, a broken MH). */
   fail(e: Error): void {
     if (!this.broken) this.broken = e;
     for (const [id, p] of this.pending) {
@@ -173,6 +175,7 @@ export class MhLink {
       p.reject(e);
       this.pending.delete(id);
     }
+    for (const w of this.slotWaiters.splice(0)) w.fail(this.broken);
   }
 
   /** One op with input copied into a slot and output copied out; the slot is released before return. */

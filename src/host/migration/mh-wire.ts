@@ -37,12 +37,15 @@ export type MainMessage =
 
 export function encodeMhControl(m: Extract<MainMessage, { type: 'handshake-1' | 'handshake-2' | 'barrier' | 'ack' }>): Uint8Array {
   if (m.type === 'barrier' || m.type === 'ack') {
+    const v = m.type === 'barrier' ? m.epoch : m.records;
+    if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new PlainWireError('value', `${m.type} ${m.type === 'barrier' ? 'epoch' : 'count'} ${v} is not a u32`);
     const b = new Uint8Array(8);
     b[0] = m.type === 'barrier' ? MhMsg.BARRIER : MhMsg.ACK;
     new DataView(b.buffer).setUint32(4, m.type === 'barrier' ? m.epoch : m.records, true);
     return b;
   }
-  if (m.bytes.byteLength > MAX_HANDSHAKE) throw new PlainWireError('length', `handshake message of ${m.bytes.byteLength} bytes, at most ${MAX_HANDSHAKE}`);
+  // The decoder's bounds, so nothing is sent that the peer must refuse.
+  if (m.bytes.byteLength < 1 || m.bytes.byteLength > MAX_HANDSHAKE) throw new PlainWireError('length', `handshake message of ${m.bytes.byteLength} bytes, expected 1..${MAX_HANDSHAKE}`);
   const b = new Uint8Array(4 + m.bytes.byteLength);
   b[0] = m.type === 'handshake-1' ? MhMsg.HANDSHAKE_1 : MhMsg.HANDSHAKE_2;
   b.set(m.bytes, 4);
