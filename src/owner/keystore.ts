@@ -110,7 +110,10 @@ export interface InstanceSummary {
 /**
  * authorized  ticket issued, outcome not known yet
  * unresolved  the migration failed and the owner could not learn from the target MH whether it
- *             committed: both instances keep their keys until `release-source`/`resolve` settles it
+ *             committed: both instances keep their keys until `release-source` settles it. It does
+ *             not block a new authorization of the source (a retry): the source MH runs one session
+ *             at a time and refuses a handshake while it holds the guest, so two tickets cannot fork
+ *             it, and the unreachable target keeps its identity (never destroyed on a guess)
  * completed   the target committed (its receipt or the source's completion said so)
  * aborted     the target never committed (its stood-down receipt, or it was never reached)
  * released    as aborted, and the held source was released with the owner's RELEASE
@@ -226,8 +229,8 @@ const MIGRATIONS: readonly string[] = [
    );
    -- one open authorization per source: a second one would let a hostile host pick between targets
    CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state = 'authorized';`,
-  // 2 → 3: migration states 'unresolved' and 'released' (docs/protocol.md §7.6); an unresolved
-  // migration is still open (the source may not be authorized again until it is settled).
+  // 2 → 3: migration states 'unresolved' and 'released' (docs/protocol.md §7.6); one live
+  // ('authorized') migration per source, as before: an unresolved one does not block a retry.
   `CREATE TABLE migrations_v3 (
      id TEXT PRIMARY KEY CHECK (length(id) = 32),
      created_at TEXT NOT NULL,
@@ -243,7 +246,7 @@ const MIGRATIONS: readonly string[] = [
    INSERT INTO migrations_v3 SELECT id, created_at, updated_at, source_instance, target_instance, features, not_before, not_after, ticket, state FROM migrations;
    DROP TABLE migrations;
    ALTER TABLE migrations_v3 RENAME TO migrations;
-   CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state IN ('authorized','unresolved');
+   CREATE UNIQUE INDEX migrations_open_source ON migrations(source_instance) WHERE state = 'authorized';
    -- the owner's export grant, written into each instance's MH secret entry (DESIGN.md §4.7)
    ALTER TABLE instances ADD COLUMN may_export INTEGER NOT NULL DEFAULT 1 CHECK (may_export IN (0, 1));`,
 ];
@@ -678,7 +681,7 @@ export class OwnerStore {
   /** The source's authorized-but-unfinished migration, if any. */
   openMigrationOf(sourceInstance: string): MigrationRecord | null {
     const row = this.db
-      .prepare("SELECT * FROM migrations WHERE source_instance = ? AND state IN ('authorized','unresolved')")
+      .prepare("SELECT * FROM migrations WHERE source_instance = ? AND state = 'authorized'")
       .get(sourceInstance) as MigrationRow | undefined;
     return row === undefined ? null : migrationFromRow(row);
   }

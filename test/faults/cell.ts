@@ -514,6 +514,8 @@ export async function runCell(spec: CellSpec): Promise<CellResult> {
     {
       const m = migration ? store.getMigration(migration.id) : null;
       if (!m) add('owner-record', 'fail', 'no migration recorded');
+      // A committed target whose host died can never give its receipt: `unresolved` is the honest record (protocol.md §7.6).
+      else if (committed && m.state === 'unresolved' && !tgt.alive) add('owner-record', 'pass', 'store: unresolved (the committed target\'s host is gone: no receipt can come)');
       else if (committed && m.state !== 'completed') add('owner-record', 'fail', `the target committed, but the owner's store says '${m.state}'${m.state === 'aborted' ? ' (the live instance\'s identity destroyed)' : ''}`);
       else if (!committed && m.state === 'completed') add('owner-record', 'fail', 'no commit, but the store says completed', true);
       else add('owner-record', 'pass', `store: ${m.state}`);

@@ -160,6 +160,15 @@ test('refusals: unverified or rejected target, no export grant (NOSEND is no ref
     const first = authorizeMigration(s, { sourceInstance: a, targetLaunchId: verifiedLaunch(s) });
     assert.throws(() => authorizeMigration(s, { sourceInstance: a, targetLaunchId: verifiedLaunch(s) }), mkind('pending'));
 
+    // unresolved (its target could not answer): both identities kept, and a retry may be authorized
+    s.markUnresolved(first.migrationId);
+    assert.equal(s.getMigration(first.migrationId).state, 'unresolved');
+    assert.equal(s.getInstance(first.targetInstanceId).state, 'pending');
+    assert.ok(s.instanceKeys(first.targetInstanceId).mhPrivate.some((x) => x !== 0), 'the unreachable target keeps its identity');
+    const retry = authorizeMigration(s, { sourceInstance: a, targetLaunchId: verifiedLaunch(s) });
+    assert.throws(() => authorizeMigration(s, { sourceInstance: a, targetLaunchId: verifiedLaunch(s) }), mkind('pending'), 'one live authorization');
+    abortMigration(s, retry.migrationId);
+
     // abort: target destroyed with its key, source still active and may try again
     abortMigration(s, first.migrationId);
     assert.equal(s.getInstance(first.targetInstanceId).state, 'destroyed');
