@@ -10,8 +10,8 @@
  *   - owner library `resolveMigration(source, target, store, migrationId)` exported from
  *     src/owner/migrate.ts → {outcome: committed | released | aborted | unresolved, detail}.
  *
- * It is feature-detected at run time, so the harness compiles and runs before it exists: until
- * then the step reports "not available" and the cell says so instead of crashing.
+ * (Written while that was being built, it was feature-detected at run time; it is imported
+ * directly now, and `available` stays for the report format.)
  */
 import * as migrate from '../../src/owner/migrate.js';
 import type { QmpClient } from '../../src/owner/qmp-client.js';
@@ -36,8 +36,7 @@ export interface HeldReport {
 }
 
 function resolver(): ResolveMigration | null {
-  const f = (migrate as unknown as Record<string, unknown>)['resolveMigration'];
-  return typeof f === 'function' ? (f as ResolveMigration) : null;
+  return migrate.resolveMigration;
 }
 
 export function ownerStepAvailable(): boolean {
