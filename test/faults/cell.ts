@@ -29,6 +29,7 @@ import { FaultProxy, type FrameInfo, type FrameVerdict } from './proxy.js';
 import { startHost, type HostProc } from './hosts.js';
 import { describeSide, guestCheck, isTerminal, progressOf, sideState, waitForWorkload, type SideState } from './guest.js';
 import { resolveHeld, type OwnerStepResult } from './owner-step.js';
+import { within as bounded } from '../../src/host/migration/errors.js';
 
 export const PHASES = ['setup', 'first-pass', 'later-pass', 'stop-and-copy', 'start-token', 'commit', 'completed'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -161,15 +162,6 @@ function throughProxy(client: QmpClient, redirect: (uri: string) => string): Qmp
   });
 }
 
-function bounded<V>(p: Promise<V>, ms: number, what: string): Promise<V> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, rej) => {
-      timer = setTimeout(() => rej(new Error(`${what}: not done within ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const msg = (e: unknown): string => (e instanceof Error ? e.message : String(e));

@@ -10,18 +10,10 @@ import { connectOutgoing, closeChannels, listenIncoming, TransportError, type Ch
 import { FrameKind, FRAME_HEADER_SIZE, HELLO_SIZE } from '../../src/protocol/stream.js';
 import type { MigrateUri } from '../../src/host/qmp/actions.js';
 import { FaultProxy, type FrameInfo, type FrameVerdict } from './proxy.js';
+import { within as bounded } from '../../src/host/migration/errors.js';
 
 const LOOP: MigrateUri = { transport: 'tcp', host: '127.0.0.1', port: 0 };
 
-function bounded<V>(p: Promise<V>, ms: number, what: string): Promise<V> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, rej) => {
-      timer = setTimeout(() => rej(new Error(`${what}: not done within ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 /** A fake sealed record: "SVMR", version 1, the type byte, then filler. */
 function record(type: number, size = 64): Uint8Array {

@@ -331,8 +331,10 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
   });
 
   /** After the start token: ask the target to give up (its MH aborts only before it commits) and take its ABORT. */
+  /** CANCEL on main, best effort: the target discards its copy (its MH aborts only before it commits). */
+  const sendCancel = (c: Channels): Promise<void> => within(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000, 'CANCEL to the target').catch(() => undefined);
   const tryAbort = async (c: Channels, ib: MainInbox): Promise<void> => {
-    await within(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000, 'CANCEL to the target').catch(() => undefined);
+    await sendCancel(c);
     try {
       const deadline = performance.now() + 3_000;
       for (;;) {
@@ -366,16 +368,9 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
     const c = chans as Channels | null;
     const ib = inbox as MainInbox | null;
     // The target's own reason beats what the source saw of it (a reset socket, a send that failed).
-    // It is sent before the target closes, but may be a few event-loop turns behind the page
-    // channel's error: wait for it briefly (it never comes from a target that died).
-    let said = r0.status === 'failed' ? ib?.take((m) => m.type === 'error') : undefined;
-    for (let waited = 0; r0.status === 'failed' && ib && said === undefined && ib.error === null && waited < 500; waited += 20) {
-      await new Promise((res) => setTimeout(res, 20));
-      said = ib.take((m) => m.type === 'error');
-    }
-    said ??= r0.status === 'failed' ? ib?.take((m) => m.type === 'error') : undefined;
-    const r: PrecopyResult = said?.type === 'error' && !(r0.error ?? '').includes(said.reason)
-      ? { ...r0, error: `the target failed the migration: ${said.reason}`, info: { ...r0.info, 'error-desc': `the target failed the migration: ${said.reason}` } }
+    const said = r0.status === 'failed' && ib ? await targetReason(ib) : null;
+    const r: PrecopyResult = said !== null && !(r0.error ?? '').includes(said)
+      ? { ...r0, error: `the target failed the migration: ${said}`, info: { ...r0.info, 'error-desc': `the target failed the migration: ${said}` } }
       : r0;
     if (r.status !== 'completed' && !isTerminal(state)) {
       const reason = r.error ?? r.status;
@@ -385,7 +380,7 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
         if (f.ok) {
           if (f.actions.some((a) => a.kind === 'mh-resume')) {
             // Tell the target to discard its copy, then close our MH's session ourselves (§7.7).
-            if (c) await within(c.main.send(FrameKind.Control, encodeControl({ type: 'cancel' })), 2_000, 'CANCEL to the target').catch(() => undefined);
+            if (c) await sendCancel(c);
             await closeBeforeStart().catch(() => undefined);
           }
           // Unless the MH refused our RESUME (then it holds the guest and so do we), the step decides:
@@ -457,6 +452,20 @@ export function startOutgoingMh(opts: OutgoingOptions, mh: MhOutgoingOptions, ho
 }
 
 const HELD_TEXT = 'the start token went out and neither COMMIT nor ABORT came back: the source stays stopped until the owner releases it (safety before liveness)';
+
+/**
+ * The target's ERROR reason, if it sent one. It goes out before the target closes, but may be a
+ * few event-loop turns behind the page channel's error: wait for it briefly (≤ 500 ms; it never
+ * comes from a target that died, and not once the main channel ended).
+ */
+async function targetReason(ib: MainInbox): Promise<string | null> {
+  for (let waited = 0; ; waited += 20) {
+    const m = ib.take((x) => x.type === 'error');
+    if (m?.type === 'error') return m.reason;
+    if (ib.error !== null || waited >= 500) return null;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
 
 function heldInfo(reason: string, migrationId: string): HeldInfo {
   return {

@@ -18,19 +18,11 @@ import {
 } from '../../../src/host/migration/transport.js';
 import { ChannelRole, encodeFrame, encodeHello, FrameKind, HELLO_SIZE } from '../../../src/protocol/stream.js';
 import type { MigrateUri } from '../../../src/host/qmp/actions.js';
+import { within as bounded } from '../../../src/host/migration/errors.js';
 
 const LOOP: MigrateUri = { transport: 'tcp', host: '127.0.0.1', port: 0 };
 const T = 5_000;
 
-function bounded<V>(p: Promise<V>, ms: number, what: string): Promise<V> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, rej) => {
-      timer = setTimeout(() => rej(new Error(`${what}: not done within ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 /** Marks a promise that may reject before anyone awaits it as handled (it is awaited later). */
 function later<V>(p: Promise<V>): Promise<V> {
